@@ -1,0 +1,6 @@
+"Everything a user needs: `from fastai_ssl.all import *`, as `fastai.vision.all`"
+from .core import *
+from .augment import *
+from .data import *
+from .models import *
+from .fixmatch import *
