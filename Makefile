@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pip on this machine takes this torch pair from local disk; other versions would be downloaded
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-slow export check-export clean
+.PHONY: setup demo test test-slow export check-export readme clean
 
 $(BIN)/fastai-ssl: setup.py settings.ini
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,3 +37,8 @@ test-slow: check-export
 
 clean:
 	rm -rf $(VENV) build *.egg-info _docs _proc
+
+# README.md is generated from nbs/index.ipynb (nbdev-readme needs quarto, which cannot be installed from PyPI here)
+readme: setup
+	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
+	sed -i '/^<style>/,/^<\/style>/d' README.md

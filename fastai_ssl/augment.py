@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['WeakAug', 'StrongAug', 'WeakPIL', 'StrongPIL']
 
-# %% ../nbs/01_augment.ipynb #0576bf6d
+# %% ../nbs/01_augment.ipynb #4d953f9e
 from fastai.vision.all import *
 from timm.data.auto_augment import rand_augment_transform
 
-# %% ../nbs/01_augment.ipynb #13a82eb6
+# %% ../nbs/01_augment.ipynb #216b1d82
 def _eye_theta(n, device):
     "`n` identity affine matrices"
     return torch.eye(2, 3, device=device).repeat(n, 1, 1)
@@ -21,7 +21,7 @@ def _resample(x, theta, padding_mode, fill=0.):
 
 def _per(v, x): return v.view(-1, *([1]*(x.ndim-1)))
 
-# %% ../nbs/01_augment.ipynb #e27af8a1
+# %% ../nbs/01_augment.ipynb #d378e19f
 class WeakAug:
     "Random horizontal flip and translation by whole pixels up to `translate`×size, reflect-padded, on a batch"
     def __init__(self, flip:bool=True, translate:float=0.125): store_attr()
@@ -34,7 +34,7 @@ class WeakAug:
         theta[:,:,2] = 2*shift/size
         return _resample(x, theta, 'reflection')
 
-# %% ../nbs/01_augment.ipynb #44d918ef
+# %% ../nbs/01_augment.ipynb #165779df
 def _blur(x):
     "3×3 smoothing of PIL's SHARPEN reference (centre 5, neighbours 1), per channel"
     k = torch.ones(3, 3, device=x.device, dtype=x.dtype); k[1,1] = 5.; k = (k/k.sum()).expand(x.shape[1], 1, 3, 3)
@@ -67,7 +67,7 @@ def _geo_theta(m, s):
     theta[:,0,2],theta[:,1,2] = s[:,10]*m[:,10]*0.6,s[:,11]*m[:,11]*0.6
     return theta
 
-# %% ../nbs/01_augment.ipynb #0b8a035c
+# %% ../nbs/01_augment.ipynb #66b8647e
 class StrongAug:
     "Batched RandAugment (`n` ops at random magnitude up to `m`/10) and Cutout (up to `cutout`×size) after `WeakAug`"
     n_ops = 12  # brightness, contrast, colour, sharpness, solarize, posterize, autocontrast, rotate, shear x/y, translate x/y
@@ -103,7 +103,7 @@ class StrongAug:
         hole = ((ys-cy).abs() < size/2) & ((xs-cx).abs() < size/2)
         return torch.where(hole.unsqueeze(1), torch.full_like(x, 0.5), x)
 
-# %% ../nbs/01_augment.ipynb #0bbf2810
+# %% ../nbs/01_augment.ipynb #161113cc
 class WeakPIL(Transform):
     "Random horizontal flip and translation up to `translate`×size (reflect padding) of a PIL image"
     split_idx,order = None,5
@@ -116,7 +116,7 @@ class WeakPIL(Transform):
         dx,dy = random.randint(0, 2*pw),random.randint(0, 2*ph)
         return Image.fromarray(arr[dy:dy+h, dx:dx+w])
 
-# %% ../nbs/01_augment.ipynb #132c47bb
+# %% ../nbs/01_augment.ipynb #70108ba2
 class StrongPIL(Transform):
     "`WeakPIL`, then timm's RandAugment (`config`) and a grey Cutout square up to `cutout`×size, on a PIL image"
     split_idx,order = None,6

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['train_digits', 'demo', 'format_table', 'plot_demo', 'main']
 
-# %% ../nbs/20_cli.ipynb #84bfba79
+# %% ../nbs/20_cli.ipynb #4ede3728
 import argparse, time, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')   # torch's notice about fastai's code, not the user's
 from fastai.vision.all import *
@@ -13,7 +13,7 @@ from .data import *
 from .models import *
 from .fixmatch import *
 
-# %% ../nbs/20_cli.ipynb #8c41251f
+# %% ../nbs/20_cli.ipynb #77a6d576
 def train_digits(algo:str='fixmatch', n_per_class:int=5, epochs:int=40, seed:int=0, lr:float=1e-2, bs:int=16, mu:int=7, quiet:bool=True):
     "Train `small_cnn` on digits with `n_per_class` labels, supervised (`algo='supervised'`) or with FixMatch; return accuracy and timing"
     if algo not in ('supervised', 'fixmatch'): raise ValueError(f"unknown `algo` {algo!r}: choose 'supervised' or 'fixmatch'")
@@ -28,7 +28,7 @@ def train_digits(algo:str='fixmatch', n_per_class:int=5, epochs:int=40, seed:int
         acc = float(learn.validate()[1])
     return dict(algo=algo, labels_per_class=n_per_class, seed=seed, steps=epochs*len(dls.train), accuracy=acc, sec_per_epoch=secs/epochs)
 
-# %% ../nbs/20_cli.ipynb #b4b3736d
+# %% ../nbs/20_cli.ipynb #bc13d44d
 def demo(n_per_class:int=5, epochs:int=40, seeds=(0,), quiet:bool=True):
     "Supervised vs FixMatch on digits, same budget and seeds: a list of result rows, one per run"
     return [train_digits(algo, n_per_class, epochs, s, quiet=quiet) for s in seeds for algo in ('supervised', 'fixmatch')]
@@ -55,7 +55,7 @@ def plot_demo(rows, fname):
     for i,a in enumerate(accs): ax.text(i, a+0.02, f'{a:.3f}', ha='center')
     fig.tight_layout(); fig.savefig(fname); plt.close(fig)
 
-# %% ../nbs/20_cli.ipynb #3ddf84b4
+# %% ../nbs/20_cli.ipynb #1f88e1c9
 def main(argv=None):
     "Entry point of the `fastai-ssl` command"
     p = argparse.ArgumentParser(prog='fastai-ssl', description='Semi-supervised learning for fastai')
@@ -73,5 +73,3 @@ def main(argv=None):
     print(format_table(rows))
     if a.plot: plot_demo(rows, a.plot)
     if a.json: Path(a.json).write_text(json.dumps(rows, indent=2))
-
-if __name__ == '__main__': main()

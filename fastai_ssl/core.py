@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['LinearRamp', 'SigmoidRamp', 'UnlabeledStream', 'parse_unlabeled', 'SSLCallback']
 
-# %% ../nbs/00_core.ipynb #0257a2fe
+# %% ../nbs/00_core.ipynb #ed9c188d
 from fastai.basics import *
 
-# %% ../nbs/00_core.ipynb #945403a6
+# %% ../nbs/00_core.ipynb #8b033d71
 class LinearRamp:
     "Weight rising linearly from 0 at `start` to 1 at `end`, both fractions of training"
     def __init__(self, end:float=0.2, start:float=0.):
@@ -16,7 +16,7 @@ class LinearRamp:
         store_attr()
     def __call__(self, progress): return min(max((progress-self.start)/(self.end-self.start), 0.), 1.)
 
-# %% ../nbs/00_core.ipynb #7a71945d
+# %% ../nbs/00_core.ipynb #4b51a386
 class SigmoidRamp:
     "Ramp-up `exp(-5(1-t)²)` of Laine & Aila (2017), reaching 1 at `end` (a fraction of training)"
     def __init__(self, end:float=0.2):
@@ -24,7 +24,7 @@ class SigmoidRamp:
         store_attr()
     def __call__(self, progress): return math.exp(-5*(1-min(max(progress/self.end, 0.), 1.))**2)
 
-# %% ../nbs/00_core.ipynb #8360b5ed
+# %% ../nbs/00_core.ipynb #72592c90
 class UnlabeledStream:
     "Endless iterator over the loader `dl`: a fresh pass starts whenever one is exhausted"
     def __init__(self, dl):
@@ -39,7 +39,7 @@ class UnlabeledStream:
             except StopIteration: self.it = None
         raise ValueError("`u_dl` yielded no batch: give it more unlabeled items than its batch size")
 
-# %% ../nbs/00_core.ipynb #1f5146ef
+# %% ../nbs/00_core.ipynb #a20e8307
 def _is_labels(o): return isinstance(o, Tensor) and o.ndim == 1 and not o.is_floating_point()
 
 def parse_unlabeled(b, x:Tensor, n_views=(1,)):
@@ -61,7 +61,7 @@ def parse_unlabeled(b, x:Tensor, n_views=(1,)):
         raise ValueError("`u_dl` yields views (and labels) of different batch sizes: each must hold the same items")
     return b, y
 
-# %% ../nbs/00_core.ipynb #169b6d58
+# %% ../nbs/00_core.ipynb #038ed83c
 class SSLCallback(Callback):
     "Base of the semi-supervised callbacks: one forward pass over labeled + unlabeled, `weight * Lu` added to the loss"
     order,run_valid = Recorder.order+1,False

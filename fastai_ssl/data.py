@@ -6,11 +6,11 @@
 __all__ = ['FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'split_labeled', 'unlabeled_dl', 'arrays_dls', 'digits_arrays',
            'digits_dls', 'read_idx', 'fashion_mnist_arrays', 'fashion_mnist_dls']
 
-# %% ../nbs/02_data.ipynb #c1b75217
+# %% ../nbs/02_data.ipynb #9d1ce404
 import gzip
 from fastai.vision.all import *
 
-# %% ../nbs/02_data.ipynb #5cde7eb9
+# %% ../nbs/02_data.ipynb #b6e8c4d9
 def _missing(o):
     "True for an unknown label: `None`, NaN or an empty string"
     return o is None or (isinstance(o, float) and math.isnan(o)) or (isinstance(o, str) and not o.strip())
@@ -29,7 +29,7 @@ def split_labeled(items, labels, n_per_class:int, seed:int=0):
     is_lab = set(lab)
     return items[lab],items[[i for i in range(len(items)) if i not in is_lab]]
 
-# %% ../nbs/02_data.ipynb #43c7ca1c
+# %% ../nbs/02_data.ipynb #a99e9909
 def unlabeled_dl(items, dls:DataLoaders, mu:int=7, bs:int|None=None, with_labels:bool=False, views=None, **kwargs):
     "Loader of `mu`×`dls.bs` unlabeled `items` per batch, through `dls`' transforms without their augmentation"
     if not (isinstance(mu, int) and mu >= 1): raise ValueError(f"`mu` must be an int >= 1, got {mu!r}")
@@ -45,19 +45,19 @@ def unlabeled_dl(items, dls:DataLoaders, mu:int=7, bs:int|None=None, with_labels
     if len(items) < bs: raise ValueError(f"{len(items)} unlabeled items are fewer than one batch of {bs}: lower `mu` or `bs`")
     return dls.valid.new(dsets, bs=bs, shuffle=True, drop_last=True, **kwargs)
 
-# %% ../nbs/02_data.ipynb #07874c95
+# %% ../nbs/02_data.ipynb #ca00e318
 def arrays_dls(x_train, y_train, x_valid, y_valid, n_per_class:int, bs:int=64, mu:int=7, seed:int=0,
-               with_labels:bool=True, vocab=None, n_unlabeled:int|None=None, views=None, val_bs:int=512, **kwargs):
-    "Labeled `DataLoaders` with `n_per_class` items per class from uint8 image arrays, and the unlabeled loader of the rest"
+               with_labels:bool=True, vocab=None, n_unlabeled:int|None=None, views=None, val_bs:int=512, num_workers:int=0, **kwargs):
+    "Labeled `DataLoaders` with `n_per_class` items per class from uint8 image arrays, and the unlabeled loader of the rest (in-process loading by default: the arrays are in memory)"
     train,valid = list(zip(x_train, y_train)),list(zip(x_valid, y_valid))
     lab,unlab = split_labeled(train, [int(o) for o in y_train], n_per_class, seed)
     if n_unlabeled is not None: unlab = unlab[:n_unlabeled]
     dblock = DataBlock(blocks=(ImageBlock(PILImageBW), CategoryBlock(vocab=vocab or sorted(set(int(o) for o in y_train)))),
                        get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter(range(len(lab), len(lab)+len(valid))))
-    dls = dblock.dataloaders(list(lab)+valid, bs=min(bs, len(lab)), val_bs=val_bs, **kwargs)
+    dls = dblock.dataloaders(list(lab)+valid, bs=min(bs, len(lab)), val_bs=val_bs, num_workers=num_workers, **kwargs)
     return dls,unlabeled_dl(unlab, dls, mu=mu, with_labels=with_labels, views=views)
 
-# %% ../nbs/02_data.ipynb #844a2277
+# %% ../nbs/02_data.ipynb #95a3d0a9
 def digits_arrays(valid_pct:float=0.3, seed:int=0):
     "scikit-learn's bundled 8×8 digits as uint8 arrays, split into `(x_train, y_train, x_valid, y_valid)`"
     from sklearn.datasets import load_digits
@@ -71,7 +71,7 @@ def digits_dls(n_per_class:int=5, bs:int=32, mu:int=7, seed:int=0, **kwargs):
     "Labeled `DataLoaders` and unlabeled loader for scikit-learn's digits, `n_per_class` labels per class"
     return arrays_dls(*digits_arrays(seed=seed), n_per_class=n_per_class, bs=bs, mu=mu, seed=seed, **kwargs)
 
-# %% ../nbs/02_data.ipynb #7d5046bd
+# %% ../nbs/02_data.ipynb #b855bcc6
 FASHION_MNIST_DIRS = [Path('/usr/share/datasets/fashion-mnist')]
 _fm_names = dict(x_train='train-images-idx3-ubyte', y_train='train-labels-idx1-ubyte',
                  x_valid='t10k-images-idx3-ubyte', y_valid='t10k-labels-idx1-ubyte')

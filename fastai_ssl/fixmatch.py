@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['FixMatch']
 
-# %% ../nbs/10_fixmatch.ipynb #0dafac81
+# %% ../nbs/10_fixmatch.ipynb #2a5e8218
 from fastai.vision.all import *
 from .core import *
 from .augment import *
 
-# %% ../nbs/10_fixmatch.ipynb #252dfe32
+# %% ../nbs/10_fixmatch.ipynb #1c264144
 class FixMatch(SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"
     n_views,stat_names = (1,2),('mask',)

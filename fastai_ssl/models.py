@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['small_cnn']
 
-# %% ../nbs/03_models.ipynb #f0738866
+# %% ../nbs/03_models.ipynb #ac65f3fc
 from fastai.vision.all import *
 
-# %% ../nbs/03_models.ipynb #5d6a4dc9
+# %% ../nbs/03_models.ipynb #e3d00e88
 def small_cnn(n_in:int=1, n_out:int=10, nf:int=32):
     "A small CNN for small images (8×8 to 32×32): five conv-BN-ReLU layers, two of stride 2, global pooling, a linear head"
     return nn.Sequential(ConvLayer(n_in, nf), ConvLayer(nf, nf), ConvLayer(nf, 2*nf, stride=2), ConvLayer(2*nf, 2*nf),

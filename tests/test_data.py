@@ -48,7 +48,7 @@ def test_fashion_mnist_debian_package():
     assert xt.shape == (60000, 28, 28) and xv.shape == (10000, 28, 28) and set(np.unique(yt)) == set(range(10))
 
 def test_cli_errors_and_tiny_demo(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, '-m', 'fastai_ssl.cli', *a], capture_output=True, text=True, cwd=tmp_path)
+    run = lambda *a: subprocess.run([str(Path(sys.executable).parent/'fastai-ssl'), *a], capture_output=True, text=True, cwd=tmp_path)
     r = run('demo', '--epochs', '0')
     assert r.returncode != 0 and '--epochs' in r.stderr.strip().splitlines()[-1]
     r = run('demo', '--labels-per-class', '1000')
