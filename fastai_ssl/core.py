@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['LinearRamp', 'SigmoidRamp', 'UnlabeledStream', 'parse_unlabeled', 'SSLCallback']
 
-# %% ../nbs/00_core.ipynb #ed9c188d
+# %% ../nbs/00_core.ipynb #8fcf8e52
 from fastai.basics import *
 
-# %% ../nbs/00_core.ipynb #8b033d71
+# %% ../nbs/00_core.ipynb #b5b22171
 class LinearRamp:
     "Weight rising linearly from 0 at `start` to 1 at `end`, both fractions of training"
     def __init__(self, end:float=0.2, start:float=0.):
@@ -16,7 +16,7 @@ class LinearRamp:
         store_attr()
     def __call__(self, progress): return min(max((progress-self.start)/(self.end-self.start), 0.), 1.)
 
-# %% ../nbs/00_core.ipynb #4b51a386
+# %% ../nbs/00_core.ipynb #c34a500a
 class SigmoidRamp:
     "Ramp-up `exp(-5(1-t)²)` of Laine & Aila (2017), reaching 1 at `end` (a fraction of training)"
     def __init__(self, end:float=0.2):
@@ -24,7 +24,7 @@ class SigmoidRamp:
         store_attr()
     def __call__(self, progress): return math.exp(-5*(1-min(max(progress/self.end, 0.), 1.))**2)
 
-# %% ../nbs/00_core.ipynb #72592c90
+# %% ../nbs/00_core.ipynb #9a5e6e05
 class UnlabeledStream:
     "Endless iterator over the loader `dl`: a fresh pass starts whenever one is exhausted"
     def __init__(self, dl):
@@ -39,7 +39,7 @@ class UnlabeledStream:
             except StopIteration: self.it = None
         raise ValueError("`u_dl` yielded no batch: give it more unlabeled items than its batch size")
 
-# %% ../nbs/00_core.ipynb #a20e8307
+# %% ../nbs/00_core.ipynb #6456969f
 def _is_labels(o): return isinstance(o, Tensor) and o.ndim == 1 and not o.is_floating_point()
 
 def parse_unlabeled(b, x:Tensor, n_views=(1,)):
@@ -61,7 +61,7 @@ def parse_unlabeled(b, x:Tensor, n_views=(1,)):
         raise ValueError("`u_dl` yields views (and labels) of different batch sizes: each must hold the same items")
     return b, y
 
-# %% ../nbs/00_core.ipynb #038ed83c
+# %% ../nbs/00_core.ipynb #acaec6f4
 class SSLCallback(Callback):
     "Base of the semi-supervised callbacks: one forward pass over labeled + unlabeled, `weight * Lu` added to the loss"
     order,run_valid = Recorder.order+1,False
@@ -88,8 +88,7 @@ class SSLCallback(Callback):
 
     def before_fit(self):
         self._in_fit = False
-        if hasattr(self.learn, 'gather_preds'): return     # `get_preds`/`predict`: nothing to do
-        if self.u_dl is None: raise ValueError("this callback has no unlabeled data (`u_dl` is dropped by `export`): set `cb.u_dl` before `fit`")
+        if hasattr(self.learn, 'gather_preds') or self.u_dl is None: return   # `get_preds`, `predict`, or an exported Learner
         if self.stream is None or self.stream.dl is not self.u_dl:
             self.stream = UnlabeledStream(self.u_dl)
             self._pending = next(self.stream)   # checks the loader yields something; used as the first batch
@@ -106,7 +105,9 @@ class SSLCallback(Callback):
         self.metric_names = names
 
     def before_epoch(self): self._in_fit,self._stats,self._n = False,{},0
-    def before_train(self): self._in_fit = True
+    def before_train(self):
+        if self.u_dl is None: raise ValueError("this callback has no unlabeled data (`u_dl` is dropped by `export`): set `cb.u_dl` before `fit`")
+        self._in_fit = True
 
     def _next_unlabeled(self):
         b = self._pending if self._pending is not None else next(self.stream)

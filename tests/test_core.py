@@ -132,8 +132,9 @@ def test_export_holds_no_unlabeled_data(digits, tmp_path):
     img = PILImageBW.create(digits_arrays()[2][0])
     pred,_,probs = loaded.predict(img)
     assert probs.shape == (10,)
-    with pytest.raises(ValueError, match='`u_dl` is dropped by `export`'):
-        loaded.dls = dls; quiet_fit(loaded, 1)
+    loaded.dls = dls
+    with loaded.no_bar(): assert len(loaded.validate()) == 2      # validation needs no unlabeled data
+    with pytest.raises(ValueError, match='`u_dl` is dropped by `export`'): quiet_fit(loaded, 1)
 
 def test_recorder_columns(digits):
     dls,u_dl = digits
