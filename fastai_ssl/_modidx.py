@@ -63,6 +63,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'fastai_ssl.core.UnlabeledStream.__iter__': ('core.html#unlabeledstream.__iter__', 'fastai_ssl/core.py'),
                                  'fastai_ssl.core.UnlabeledStream.__next__': ('core.html#unlabeledstream.__next__', 'fastai_ssl/core.py'),
                                  'fastai_ssl.core._is_labels': ('core.html#_is_labels', 'fastai_ssl/core.py'),
+                                 'fastai_ssl.core._views_labels': ('core.html#_views_labels', 'fastai_ssl/core.py'),
                                  'fastai_ssl.core.parse_unlabeled': ('core.html#parse_unlabeled', 'fastai_ssl/core.py')},
             'fastai_ssl.data': { 'fastai_ssl.data._find_idx': ('data.html#_find_idx', 'fastai_ssl/data.py'),
                                  'fastai_ssl.data._missing': ('data.html#_missing', 'fastai_ssl/data.py'),

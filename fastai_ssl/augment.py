@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['WeakAug', 'StrongAug', 'WeakPIL', 'StrongPIL']
 
-# %% ../nbs/01_augment.ipynb #4d953f9e
+# %% ../nbs/01_augment.ipynb #e0106441
 from fastai.vision.all import *
 from timm.data.auto_augment import rand_augment_transform
 
-# %% ../nbs/01_augment.ipynb #216b1d82
+# %% ../nbs/01_augment.ipynb #b3ee0be4
 def _eye_theta(n, device):
     "`n` identity affine matrices"
     return torch.eye(2, 3, device=device).repeat(n, 1, 1)
@@ -21,7 +21,7 @@ def _resample(x, theta, padding_mode, fill=0.):
 
 def _per(v, x): return v.view(-1, *([1]*(x.ndim-1)))
 
-# %% ../nbs/01_augment.ipynb #d378e19f
+# %% ../nbs/01_augment.ipynb #5ac61a0a
 class WeakAug:
     "Random horizontal flip and translation by whole pixels up to `translate`×size, reflect-padded, on a batch"
     def __init__(self, flip:bool=True, translate:float=0.125): store_attr()
@@ -34,7 +34,7 @@ class WeakAug:
         theta[:,:,2] = 2*shift/size
         return _resample(x, theta, 'reflection')
 
-# %% ../nbs/01_augment.ipynb #165779df
+# %% ../nbs/01_augment.ipynb #26cebe2f
 def _blur(x):
     "3×3 smoothing of PIL's SHARPEN reference (centre 5, neighbours 1), per channel"
     k = torch.ones(3, 3, device=x.device, dtype=x.dtype); k[1,1] = 5.; k = (k/k.sum()).expand(x.shape[1], 1, 3, 3)
@@ -67,7 +67,7 @@ def _geo_theta(m, s):
     theta[:,0,2],theta[:,1,2] = s[:,10]*m[:,10]*0.6,s[:,11]*m[:,11]*0.6
     return theta
 
-# %% ../nbs/01_augment.ipynb #66b8647e
+# %% ../nbs/01_augment.ipynb #ce9603e1
 class StrongAug:
     "Batched RandAugment (`n` ops at random magnitude up to `m`/10) and Cutout (up to `cutout`×size) after `WeakAug`"
     n_ops = 12  # brightness, contrast, colour, sharpness, solarize, posterize, autocontrast, rotate, shear x/y, translate x/y
@@ -86,8 +86,7 @@ class StrongAug:
     def __call__(self, x:Tensor)->Tensor:
         n,dev = x.shape[0],x.device
         x = self.weak(x)
-        mean,std = [torch.as_tensor(0. if v is None else v, device=dev, dtype=x.dtype) for v in (self.mean, self.std)]
-        if self.std is None: std = torch.ones_like(std)
+        mean,std = [torch.as_tensor(ifnone(v, d), device=dev, dtype=x.dtype) for v,d in ((self.mean, 0.), (self.std, 1.))]
         chosen = torch.rand(n, self.n_ops, device=dev).argsort(1)[:, :self.n]
         m = torch.zeros(n, self.n_ops, device=dev).scatter_(1, chosen, torch.rand(n, self.n, device=dev)*self.m/10)
         s = torch.where(torch.rand(n, self.n_ops, device=dev) < 0.5, -1., 1.)
@@ -103,7 +102,7 @@ class StrongAug:
         hole = ((ys-cy).abs() < size/2) & ((xs-cx).abs() < size/2)
         return torch.where(hole.unsqueeze(1), torch.full_like(x, 0.5), x)
 
-# %% ../nbs/01_augment.ipynb #161113cc
+# %% ../nbs/01_augment.ipynb #a7236a50
 class WeakPIL(Transform):
     "Random horizontal flip and translation up to `translate`×size (reflect padding) of a PIL image"
     split_idx,order = None,5
@@ -116,7 +115,7 @@ class WeakPIL(Transform):
         dx,dy = random.randint(0, 2*pw),random.randint(0, 2*ph)
         return Image.fromarray(arr[dy:dy+h, dx:dx+w])
 
-# %% ../nbs/01_augment.ipynb #70108ba2
+# %% ../nbs/01_augment.ipynb #111f2b0b
 class StrongPIL(Transform):
     "`WeakPIL`, then timm's RandAugment (`config`) and a grey Cutout square up to `cutout`×size, on a PIL image"
     split_idx,order = None,6

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['LinearRamp', 'SigmoidRamp', 'UnlabeledStream', 'parse_unlabeled', 'SSLCallback']
 
-# %% ../nbs/00_core.ipynb #8fcf8e52
+# %% ../nbs/00_core.ipynb #dad86138
 from fastai.basics import *
 
-# %% ../nbs/00_core.ipynb #b5b22171
+# %% ../nbs/00_core.ipynb #6b858016
 class LinearRamp:
     "Weight rising linearly from 0 at `start` to 1 at `end`, both fractions of training"
     def __init__(self, end:float=0.2, start:float=0.):
@@ -16,7 +16,7 @@ class LinearRamp:
         store_attr()
     def __call__(self, progress): return min(max((progress-self.start)/(self.end-self.start), 0.), 1.)
 
-# %% ../nbs/00_core.ipynb #c34a500a
+# %% ../nbs/00_core.ipynb #65b323e9
 class SigmoidRamp:
     "Ramp-up `exp(-5(1-t)²)` of Laine & Aila (2017), reaching 1 at `end` (a fraction of training)"
     def __init__(self, end:float=0.2):
@@ -24,7 +24,7 @@ class SigmoidRamp:
         store_attr()
     def __call__(self, progress): return math.exp(-5*(1-min(max(progress/self.end, 0.), 1.))**2)
 
-# %% ../nbs/00_core.ipynb #9a5e6e05
+# %% ../nbs/00_core.ipynb #cf6b0f6a
 class UnlabeledStream:
     "Endless iterator over the loader `dl`: a fresh pass starts whenever one is exhausted"
     def __init__(self, dl):
@@ -39,13 +39,17 @@ class UnlabeledStream:
             except StopIteration: self.it = None
         raise ValueError("`u_dl` yielded no batch: give it more unlabeled items than its batch size")
 
-# %% ../nbs/00_core.ipynb #6456969f
+# %% ../nbs/00_core.ipynb #be249bd0
 def _is_labels(o): return isinstance(o, Tensor) and o.ndim == 1 and not o.is_floating_point()
+
+def _views_labels(b):
+    "The elements of batch `b` as a list, and its trailing hidden labels (or `None`) popped from it"
+    b = list(b) if isinstance(b, (tuple, list)) else [b]
+    return b,(b.pop() if len(b) > 1 and _is_labels(b[-1]) else None)
 
 def parse_unlabeled(b, x:Tensor, n_views=(1,)):
     "Split the unlabeled batch `b` into a list of image views and the hidden labels (or `None`), checked against the labeled images `x`"
-    b = list(b) if isinstance(b, (tuple, list)) else [b]
-    y = b.pop() if len(b) > 1 and _is_labels(b[-1]) else None
+    b,y = _views_labels(b)
     if not b or not all(isinstance(o, Tensor) for o in b):
         raise ValueError(f"`u_dl` must yield image tensors: x, (x,), (x, y) or (weak, strong[, y]); it yielded {[type(o).__name__ for o in b]}")
     if len(b) not in n_views:
@@ -61,7 +65,7 @@ def parse_unlabeled(b, x:Tensor, n_views=(1,)):
         raise ValueError("`u_dl` yields views (and labels) of different batch sizes: each must hold the same items")
     return b, y
 
-# %% ../nbs/00_core.ipynb #acaec6f4
+# %% ../nbs/00_core.ipynb #b300db57
 class SSLCallback(Callback):
     "Base of the semi-supervised callbacks: one forward pass over labeled + unlabeled, `weight * Lu` added to the loss"
     order,run_valid = Recorder.order+1,False
@@ -92,8 +96,7 @@ class SSLCallback(Callback):
         if self.stream is None or self.stream.dl is not self.u_dl:
             self.stream = UnlabeledStream(self.u_dl)
             self._pending = next(self.stream)   # checks the loader yields something; used as the first batch
-            b = self._pending if isinstance(self._pending, (tuple, list)) else [self._pending]
-            self.has_labels = len(b) > 1 and _is_labels(b[-1])
+            self.has_labels = _views_labels(self._pending)[1] is not None
         self._add_metric_names()
 
     def _add_metric_names(self):
