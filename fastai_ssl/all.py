@@ -1,5 +1,7 @@
 "Everything a user needs: `from fastai_ssl.all import *`, as `fastai.vision.all`"
 from .core import *
+from .teacher import *
+from .losses import *
 from .augment import *
 from .data import *
 from .models import *

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['train_digits', 'demo', 'format_table', 'plot_demo', 'main']
 
-# %% ../nbs/20_cli.ipynb #4ede3728
+# %% ../nbs/20_cli.ipynb #019f1d60
 import argparse, time, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')   # torch's notice about fastai's code, not the user's
 from fastai.vision.all import *
@@ -13,22 +13,28 @@ from .data import *
 from .models import *
 from .fixmatch import *
 
-# %% ../nbs/20_cli.ipynb #77a6d576
-def train_digits(algo:str='fixmatch', n_per_class:int=5, epochs:int=40, seed:int=0, lr:float=1e-2, bs:int=16, mu:int=7, quiet:bool=True):
-    "Train `small_cnn` on digits with `n_per_class` labels, supervised (`algo='supervised'`) or with FixMatch; return accuracy and timing"
-    if algo not in ('supervised', 'fixmatch'): raise ValueError(f"unknown `algo` {algo!r}: choose 'supervised' or 'fixmatch'")
+# %% ../nbs/20_cli.ipynb #aae9e439
+def _callbacks(algo, u_dl):
+    "The SSL callbacks for `algo`: 'supervised' (none), 'fixmatch', or a callable making a callback from `u_dl`"
+    if callable(algo): return [algo(u_dl)]
+    if algo == 'supervised': return []
+    if algo == 'fixmatch': return [FixMatch(u_dl, flip=False)]
+    raise ValueError(f"unknown `algo` {algo!r}: choose 'supervised' or 'fixmatch', or pass a callable(u_dl) -> callback")
+
+def train_digits(algo:str|Callable='fixmatch', n_per_class:int=5, epochs:int=40, seed:int=0, lr:float=1e-2, bs:int=16, mu:int=7, quiet:bool=True):
+    "Train `small_cnn` on digits with `n_per_class` labels, supervised (`algo='supervised'`) or semi-supervised; return accuracy and timing"
     set_seed(seed)
     dls,u_dl = digits_dls(n_per_class=n_per_class, bs=bs, mu=mu, seed=seed)
-    cbs = [FixMatch(u_dl, flip=False)] if algo == 'fixmatch' else []
-    learn = Learner(dls, small_cnn(), metrics=accuracy, cbs=cbs)
+    learn = Learner(dls, small_cnn(), metrics=accuracy, cbs=_callbacks(algo, u_dl))
     with ContextManagers([learn.no_bar(), learn.no_logging()] if quiet else []):
         start = time.perf_counter()
         learn.fit_one_cycle(epochs, lr)
         secs = time.perf_counter() - start
         acc = float(learn.validate()[1])
-    return dict(algo=algo, labels_per_class=n_per_class, seed=seed, steps=epochs*len(dls.train), accuracy=acc, sec_per_epoch=secs/epochs)
+    name = algo if isinstance(algo, str) else type(learn.cbs[-1]).__name__.lower()
+    return dict(algo=name, labels_per_class=n_per_class, seed=seed, steps=epochs*len(dls.train), accuracy=acc, sec_per_epoch=secs/epochs)
 
-# %% ../nbs/20_cli.ipynb #bc13d44d
+# %% ../nbs/20_cli.ipynb #f87e18d2
 def demo(n_per_class:int=5, epochs:int=40, seeds=(0,), quiet:bool=True):
     "Supervised vs FixMatch on digits, same budget and seeds: a list of result rows, one per run"
     return [train_digits(algo, n_per_class, epochs, s, quiet=quiet) for s in seeds for algo in ('supervised', 'fixmatch')]
@@ -55,7 +61,7 @@ def plot_demo(rows, fname):
     for i,a in enumerate(accs): ax.text(i, a+0.02, f'{a:.3f}', ha='center')
     fig.tight_layout(); fig.savefig(fname); plt.close(fig)
 
-# %% ../nbs/20_cli.ipynb #1f88e1c9
+# %% ../nbs/20_cli.ipynb #c4203198
 def main(argv=None):
     "Entry point of the `fastai-ssl` command"
     p = argparse.ArgumentParser(prog='fastai-ssl', description='Semi-supervised learning for fastai')

@@ -5,20 +5,21 @@
 # %% auto #0
 __all__ = ['FixMatch']
 
-# %% ../nbs/10_fixmatch.ipynb #2a5e8218
+# %% ../nbs/10_fixmatch.ipynb #eddd4525
 from fastai.vision.all import *
 from .core import *
 from .augment import *
 
-# %% ../nbs/10_fixmatch.ipynb #1c264144
+# %% ../nbs/10_fixmatch.ipynb #5aa122ea
+@delegates()
 class FixMatch(SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"
     n_views,stat_names = (1,2),('mask',)
     def __init__(self, u_dl, thresh:float=0.95, lambda_u:float=1., T:float=1., flip:bool=True,
-                 weak:Callable|None=None, strong:Callable|None=None, ramp:Callable|None=None):
+                 weak:Callable|None=None, strong:Callable|None=None, **kwargs):
         if not 0 < thresh <= 1: raise ValueError(f"`thresh` must be in (0, 1], got {thresh}")
         if not T > 0: raise ValueError(f"`T` must be > 0, got {T}")
-        super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp)
+        super().__init__(u_dl, lambda_u=lambda_u, **kwargs)
         store_attr('thresh,T')
         self.weak,self.strong = ifnone(weak, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
 
