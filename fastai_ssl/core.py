@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['LinearRamp', 'SigmoidRamp', 'bn_frozen', 'UnlabeledStream', 'parse_unlabeled', 'SSLCallback']
 
-# %% ../nbs/00_core.ipynb #a5574b08
+# %% ../nbs/00_core.ipynb #3b31ef72
 from contextlib import nullcontext
 from fastai.basics import *
 from .teacher import *
 
-# %% ../nbs/00_core.ipynb #348a7ebb
+# %% ../nbs/00_core.ipynb #2b5fdc60
 class _Ramp:
     def _check(self, end, start=0.):
         if not 0 <= start < end: raise ValueError(f"{type(self).__name__} needs 0 <= start < end, got start={start}, end={end}")
@@ -31,7 +31,7 @@ class SigmoidRamp(_Ramp):
         self._check(end)
     def __call__(self, progress, step=0): return math.exp(-5*(1-min(max(self._t(progress, step)/self.end, 0.), 1.))**2)
 
-# %% ../nbs/00_core.ipynb #c92ba699
+# %% ../nbs/00_core.ipynb #2063bcfc
 @contextmanager
 def bn_frozen(model:nn.Module):
     "Run `model` without updating its BatchNorm running statistics; restored on exit, even after an exception"
@@ -41,14 +41,15 @@ def bn_frozen(model:nn.Module):
     finally:
         for m in bns: m.track_running_stats = True
 
-# %% ../nbs/00_core.ipynb #9b21a2cb
+# %% ../nbs/00_core.ipynb #b9128528
 class UnlabeledStream:
-    "Endless iterator over the loader `dl`: a fresh pass starts whenever one is exhausted"
+    "Endless iterator over the loader `dl`: a fresh pass starts whenever one is exhausted, or on `restart`"
     def __init__(self, dl):
         if getattr(dl, '__len__', None) is not None and len(dl) == 0:
             raise ValueError("`u_dl` is empty: give it more unlabeled items than its batch size, or lower `mu`/`bs`")
         self.dl,self.it = dl,None
     def __iter__(self): return self
+    def restart(self): self.it = None
     def __next__(self):
         for _ in range(2):
             if self.it is None: self.it = iter(self.dl)
@@ -56,7 +57,7 @@ class UnlabeledStream:
             except StopIteration: self.it = None
         raise ValueError("`u_dl` yielded no batch: give it more unlabeled items than its batch size")
 
-# %% ../nbs/00_core.ipynb #b2004693
+# %% ../nbs/00_core.ipynb #173cfcdb
 def _is_labels(o): return isinstance(o, Tensor) and o.ndim == 1 and not o.is_floating_point()
 
 def _views_labels(b):
@@ -82,7 +83,9 @@ def parse_unlabeled(b, x:Tensor, n_views=(1,)):
         raise ValueError("`u_dl` yields views (and labels) of different batch sizes: each must hold the same items")
     return b, y
 
-# %% ../nbs/00_core.ipynb #d0128858
+# %% ../nbs/00_core.ipynb #b5b18624
+_nan_msg = "the unlabeled loss is NaN or infinite: check the unlabeled images for NaN/inf, or lower the learning rate or `lambda_u`"
+
 class SSLCallback(Callback):
     "Base of the semi-supervised callbacks: one forward pass over labeled + unlabeled, `weight * Lu` added to the loss"
     order,run_valid = Recorder.order+1,False
@@ -141,6 +144,9 @@ class SSLCallback(Callback):
     def before_epoch(self): self._in_fit,self._stats,self._n = False,{},0
     def before_train(self):
         if self.u_dl is None: raise ValueError("this callback has no unlabeled data (`u_dl` is dropped by `export`): set `cb.u_dl` before `fit`")
+        if self.epoch > 0 or self._pending is None:   # each epoch starts a fresh, reshuffled pass: a resumed run draws what an uninterrupted one does
+            self._pending = None
+            self.stream.restart()
         self._in_fit = True
 
     def _next_unlabeled(self):
@@ -158,6 +164,9 @@ class SSLCallback(Callback):
     def after_pred(self):
         if not isinstance(self.pred, Tensor) or len(self.pred) != self.n_l + sum(self.sizes_u):
             raise ValueError("SSL callbacks need a model that returns one tensor of per-item outputs")
+        c = getattr(self.dls, 'c', None)
+        if self._n == 0 and isinstance(c, int) and self.pred.ndim == 2 and self.pred.shape[1] != c:
+            raise ValueError(f"the model outputs {self.pred.shape[1]} values per item but the data has {c} classes: give its last layer {c} outputs")
         self.pred_u = self.pred[self.n_l:].split(self.sizes_u)
         self.learn.pred = self.pred[:self.n_l]
 
@@ -166,6 +175,7 @@ class SSLCallback(Callback):
         if lx is not None: self.learn.loss_grad,self.learn.loss = lx,lx.detach()
         lu = self.unlabeled_loss(*self.pred_u)
         w = self.unlabeled_weight(self.learn.pct_train)
+        if self._n == 0 and not torch.isfinite(lu): raise ValueError(_nan_msg)   # one sync an epoch; later ones are caught at its end
         self.log_stats(Lx=self.loss_grad, Lu=lu)
         self.learn.loss_grad = self.loss_grad + w*lu
         self.learn.loss = self.loss + w*lu.detach()
@@ -200,7 +210,9 @@ class SSLCallback(Callback):
         self._restore_student()
         rec = getattr(self.learn, 'recorder', None)
         if not self._in_fit or rec is None: return
-        rec.log += [(self._stats[k]/self._n).item() if self._n and k in self._stats else float('nan') for k in self.metric_names]
+        vals = [(self._stats[k]/self._n).item() if self._n and k in self._stats else float('nan') for k in self.metric_names]
+        if self._n and not math.isfinite(vals[1]): raise ValueError(_nan_msg)   # before `SaveModelCallback` could save the model
+        rec.log += vals
 
     def after_fit(self): self._in_fit = False
 
@@ -216,7 +228,7 @@ class SSLCallback(Callback):
             self.teacher = EMATeacher(self.learn.model, self.ema)
             if state.get('teacher') is not None: self.teacher.load_state_dict(state['teacher'])
 
-# %% ../nbs/00_core.ipynb #3f518873
+# %% ../nbs/00_core.ipynb #1412531c
 def _ssl_cbs(learn): return [cb for cb in learn.cbs if isinstance(cb, SSLCallback)]
 def _ssl_file(file): return Path(file).with_suffix('.ssl.pth')
 

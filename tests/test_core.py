@@ -72,7 +72,7 @@ class CountingLoader:
         self.passes += 1
         return iter(self.dl)
 
-@pytest.mark.parametrize('n_batches,passes', [(1, 6), (4, 2), (50, 1)])
+@pytest.mark.parametrize("n_batches,passes", [(1, 6), (4, 2), (50, 2)])   # each epoch starts a fresh pass
 def test_unlabeled_loader_shorter_or_longer(n_batches, passes):
     set_seed(0)
     dls,_ = digits_dls(n_per_class=5, bs=16, mu=2)
