@@ -6,3 +6,6 @@ from .augment import *
 from .data import *
 from .models import *
 from .fixmatch import *
+from .uda import *
+from .flexmatch import *
+from .freematch import *

@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['LinearRamp', 'SigmoidRamp', 'bn_frozen', 'UnlabeledStream', 'parse_unlabeled', 'SSLCallback']
 
-# %% ../nbs/00_core.ipynb #3b31ef72
+# %% ../nbs/00_core.ipynb #1f5f658e
 from contextlib import nullcontext
 from fastai.basics import *
 from .teacher import *
 
-# %% ../nbs/00_core.ipynb #2b5fdc60
+# %% ../nbs/00_core.ipynb #fc8f6d4f
 class _Ramp:
     def _check(self, end, start=0.):
         if not 0 <= start < end: raise ValueError(f"{type(self).__name__} needs 0 <= start < end, got start={start}, end={end}")
@@ -31,7 +31,7 @@ class SigmoidRamp(_Ramp):
         self._check(end)
     def __call__(self, progress, step=0): return math.exp(-5*(1-min(max(self._t(progress, step)/self.end, 0.), 1.))**2)
 
-# %% ../nbs/00_core.ipynb #2063bcfc
+# %% ../nbs/00_core.ipynb #d2361eaf
 @contextmanager
 def bn_frozen(model:nn.Module):
     "Run `model` without updating its BatchNorm running statistics; restored on exit, even after an exception"
@@ -41,7 +41,7 @@ def bn_frozen(model:nn.Module):
     finally:
         for m in bns: m.track_running_stats = True
 
-# %% ../nbs/00_core.ipynb #b9128528
+# %% ../nbs/00_core.ipynb #acce2b47
 class UnlabeledStream:
     "Endless iterator over the loader `dl`: a fresh pass starts whenever one is exhausted, or on `restart`"
     def __init__(self, dl):
@@ -57,7 +57,7 @@ class UnlabeledStream:
             except StopIteration: self.it = None
         raise ValueError("`u_dl` yielded no batch: give it more unlabeled items than its batch size")
 
-# %% ../nbs/00_core.ipynb #173cfcdb
+# %% ../nbs/00_core.ipynb #d8881b44
 def _is_labels(o): return isinstance(o, Tensor) and o.ndim == 1 and not o.is_floating_point()
 
 def _views_labels(b):
@@ -83,7 +83,7 @@ def parse_unlabeled(b, x:Tensor, n_views=(1,)):
         raise ValueError("`u_dl` yields views (and labels) of different batch sizes: each must hold the same items")
     return b, y
 
-# %% ../nbs/00_core.ipynb #b5b18624
+# %% ../nbs/00_core.ipynb #3e0e080c
 _nan_msg = "the unlabeled loss is NaN or infinite: check the unlabeled images for NaN/inf, or lower the learning rate or `lambda_u`"
 
 class SSLCallback(Callback):
@@ -228,7 +228,7 @@ class SSLCallback(Callback):
             self.teacher = EMATeacher(self.learn.model, self.ema)
             if state.get('teacher') is not None: self.teacher.load_state_dict(state['teacher'])
 
-# %% ../nbs/00_core.ipynb #1412531c
+# %% ../nbs/00_core.ipynb #65ed37de
 def _ssl_cbs(learn): return [cb for cb in learn.cbs if isinstance(cb, SSLCallback)]
 def _ssl_file(file): return Path(file).with_suffix('.ssl.pth')
 
@@ -240,7 +240,7 @@ def save(self:Learner, file, **kwargs):
     "Save model and optimizer state (if `with_opt`) to `self.path/self.model_dir/file`, and SSL callbacks' state beside them"
     for cb in _ssl_cbs(self): cb._restore_student()
     file = self._save_model_only(file, **kwargs)
-    states = {cb.name: cb.ssl_state() for cb in _ssl_cbs(self)}
+    states = {cb.name: apply(lambda t: t.as_subclass(Tensor) if isinstance(t, Tensor) else t, cb.ssl_state()) for cb in _ssl_cbs(self)}   # plain tensors: `weights_only` loading
     if states and not rank_distrib(): torch.save(states, _ssl_file(file))
     return file
 
