@@ -6,6 +6,12 @@ from .augment import *
 from .data import *
 from .models import *
 from .fixmatch import *
+from .mixmatch import *
+from .meanteacher import *
+from .ict import *
+from .pseudolabel import *
+from .pimodel import *
+from .vat import *
 from .uda import *
 from .flexmatch import *
 from .freematch import *

@@ -16,6 +16,7 @@ class _Ramp:
         if not 0 <= start < end: raise ValueError(f"{type(self).__name__} needs 0 <= start < end, got start={start}, end={end}")
         if not self.steps and end > 1: raise ValueError(f"{type(self).__name__}: `end`={end} is more than all of training; pass `steps=True` to count steps")
     def _t(self, progress, step): return step if self.steps else progress
+    def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k,v in vars(self).items())})"
 
 class LinearRamp(_Ramp):
     "Weight rising linearly from 0 at `start` to 1 at `end`: fractions of training, or step counts if `steps`"
@@ -188,7 +189,7 @@ class SSLCallback(Callback):
 
     def log_stats(self, **stats):
         "Accumulate per-batch statistics on the device (no host sync); shown as epoch means"
-        for k,v in stats.items(): self._stats[k] = self._stats.get(k, 0.) + v.detach().float()
+        for k,v in stats.items(): self._stats[k] = self._stats.get(k, 0.) + v.detach().float().as_subclass(Tensor)
 
     def log_pseudo(self, labels:Tensor, mask:Tensor|None=None):
         "Record the accuracy of pseudo-`labels` (over `mask`ed items if given) when the loader carries hidden labels"

@@ -1,9 +1,10 @@
-import warnings
+import os, warnings
 import pytest
 from fastai.vision.all import *
 from fastai_ssl.all import *
 
 warnings.filterwarnings('ignore', category=FutureWarning)
+if os.environ.get('PYTEST_XDIST_WORKER'): torch.set_num_threads(1)   # one thread per worker: `-n 2` on 2 cores, not 4 threads fighting
 
 @pytest.fixture
 def digits():
