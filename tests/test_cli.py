@@ -1,0 +1,82 @@
+"The `fastai-ssl` command: one clear line and exit code 2 for bad arguments; train and bench end to end on tiny data"
+import json
+import pytest
+from fastai.vision.all import *
+from fastai_ssl import cli
+from fastai_ssl.cli import main
+from fastai_ssl.data import digits_arrays
+
+def run_error(capsys, args):
+    "Exit code and last stderr line of `main(args)`, which must exit"
+    with pytest.raises(SystemExit) as e: main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return e.value.code,err[-1]
+
+@pytest.fixture
+def folder(tmp_path):
+    "Two classes of 6 small PNGs each (reddish and bluish noise) and 24 unlabeled PNGs"
+    rng = np.random.default_rng(0)
+    def img(c): return Image.fromarray((rng.integers(0, 120, (20, 20, 3)) + np.array([120, 0, 0] if c == 'red' else [0, 0, 120])).astype(np.uint8))
+    for c in ('red', 'blue'):
+        (tmp_path/'imgs'/c).mkdir(parents=True)
+        for i in range(6): img(c).save(tmp_path/'imgs'/c/f'{i}.png')
+    (tmp_path/'imgs'/'unlabeled').mkdir()
+    for i in range(24): img(('red', 'blue')[i % 2]).save(tmp_path/'imgs'/'unlabeled'/f'{i}.png')
+    return tmp_path/'imgs'
+
+def test_argument_errors(capsys, tmp_path, folder, monkeypatch):
+    for cmd in ('train', 'bench'):
+        code,line = run_error(capsys, [cmd, '--data', 'digits', '--algos' if cmd == 'bench' else '--algo', 'nope'])
+        assert code == 2 and "invalid choice: 'nope'" in line, line
+        code,line = run_error(capsys, [cmd, '--data', str(tmp_path/'missing')])
+        assert code == 2 and 'no such folder' in line, line
+    code,line = run_error(capsys, ['train', '--data', 'digits', '--labels-per-class', '200'])
+    assert code == 2 and '--labels-per-class=200 is more than these classes have' in line, line
+    code,line = run_error(capsys, ['bench', '--data', 'digits', '--labels-per-class', '4', '200'])
+    assert code == 2 and '--labels-per-class=200 is more than these classes have' in line, line
+    code,line = run_error(capsys, ['train', '--data', str(folder), '--labels-per-class', '9'])
+    assert code == 2 and '--labels-per-class=9 is more than these classes have' in line, line
+    code,line = run_error(capsys, ['train', '--data', 'digits', '--epochs', '0'])
+    assert code == 2 and '--epochs must be >= 1' in line, line
+    monkeypatch.setitem(cli.ALGOS, 'ghost', 'ghost.Ghost')   # registered, module not written yet
+    code,line = run_error(capsys, ['train', '--data', 'digits', '--algo', 'ghost'])
+    assert code == 2 and "--algo ghost: not in this version of fastai_ssl" in line, line
+
+def test_folder_without_unlabeled_images(capsys, folder):
+    shutil.rmtree(folder/'unlabeled')
+    code,line = run_error(capsys, ['train', '--data', str(folder), '--algo', 'fixmatch'])
+    assert code == 2 and 'has no unlabeled images' in line, line
+
+def test_train_digits_exports_a_learner_that_predicts(tmp_path):
+    main(['train', '--data', 'digits', '--labels-per-class', '5', '--algo', 'fixmatch', '--epochs', '2', '--steps', '12',
+          '--out', str(tmp_path/'run')])
+    rec = json.loads((tmp_path/'run'/'run.json').read_text())
+    assert (rec['algo'], rec['steps'], rec['n_labeled'], len(rec['history'])) == ('fixmatch', 12, 50, 2)
+    assert {'Lx', 'Lu', 'mask', 'pl_acc', 'accuracy'} <= set(rec['history'][-1]) and 0 <= rec['accuracy'] <= 1
+    assert rec['seconds'] > 0
+    learn = load_learner(tmp_path/'run'/'model.pkl')
+    xv,yv = digits_arrays()[2:]
+    with learn.no_bar():
+        preds,_ = learn.get_preds(dl=learn.dls.test_dl([(x,) for x in xv[:40]]))
+        label = learn.predict((xv[0],))[0]
+    assert preds.shape == (40, 10) and str(label) in [str(v) for v in learn.dls.vocab]
+    assert (preds.argmax(1).numpy() == yv[:40]).mean() > 0.3   # the exported model predicts (chance is 0.1)
+
+def test_train_image_folder(tmp_path, folder):
+    main(['train', '--data', str(folder), '--algo', 'fixmatch', '--epochs', '1', '--steps', '3', '--bs', '4', '--mu', '2',
+          '--size', '16', '--out', str(tmp_path/'run')])
+    rec = json.loads((tmp_path/'run'/'run.json').read_text())
+    assert rec['n_labeled'] == 9 and rec['steps'] == 3 and rec['mu'] == 2   # 12 labeled images, 3 held out for validation
+    learn = load_learner(tmp_path/'run'/'model.pkl')
+    with learn.no_bar(): label = learn.predict(folder/'red'/'0.png')[0]
+    assert label in ('red', 'blue')
+
+def test_bench_digits(tmp_path, capsys):
+    main(['bench', '--data', 'digits', '--labels-per-class', '2', '4', '--steps', '6', '--out', str(tmp_path/'b')])
+    out = capsys.readouterr().out
+    assert 'supervised on all labels' in out and '4 labels/class' in out
+    res = json.loads((tmp_path/'b'/'bench.json').read_text())
+    runs = res['runs']
+    assert [(r['algo'], r['labels_per_class']) for r in runs[:4]] == [('supervised', 2), ('fixmatch', 2), ('supervised', 4), ('fixmatch', 4)]
+    assert runs[-1]['reference'] and len({r['steps'] for r in runs}) == 1
+    assert (tmp_path/'b'/'bench.png').stat().st_size > 1000
