@@ -181,7 +181,8 @@ class StrongAug:
     def setup(self, dls):
         "Take the mean and std of a `Normalize` in the batch transforms of `dls` (or of a loader), so the ops run on [0, 1] pixels"
         dl = dls.train if isinstance(dls, DataLoaders) else dls
-        norm = first(t for t in getattr(dl, 'after_batch', []) if isinstance(t, Normalize))
+        tfms = getattr(getattr(dl, 'dl', dl), 'after_batch', [])   # a `DistributedDL` wraps the loader holding the transforms
+        norm = first(t for t in (tfms if isinstance(tfms, Pipeline) else []) if isinstance(t, Normalize))
         if norm is not None: self.mean,self.std = norm.mean,norm.std
         return self
 
