@@ -42,3 +42,8 @@ clean:
 readme: setup
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
 	sed -i '/^<style>/,/^<\/style>/d' README.md
+
+# the docs site, from the notebooks' committed outputs (nbdev-docs needs quarto, which cannot be installed here)
+.PHONY: docs
+docs: setup
+	$(BIN)/python docs/build.py _docs
