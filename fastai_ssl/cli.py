@@ -12,6 +12,7 @@ import argparse, importlib, importlib.util, inspect, json, sys, time, warnings
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')   # torch's notice about fastai's code, not the user's
 from fastai.vision.all import *
 from .core import SSLCallback
+from .augment import AugmentLabeled, WeakAug
 from .data import *
 from .models import *
 
@@ -33,19 +34,22 @@ def algo_class(name:str):
         raise ValueError(f"algorithm {name!r} is not in this version of fastai_ssl; available: supervised, {', '.join(available_algos())}")
     return getattr(importlib.import_module(_module(name)), ALGOS[name].rsplit('.', 1)[1])
 
-def _callbacks(algo, u_dl, flip:bool=False):
-    "The SSL callbacks for `algo`: 'supervised' (none), a name in `ALGOS`, or a callable making a callback from `u_dl`"
-    if callable(algo): return [algo(u_dl)]
-    if algo == 'supervised': return []
+def _callbacks(algo, u_dl, flip:bool=False, aug_labeled:bool=False):
+    "The SSL callback of `algo` (none for 'supervised', a name in `ALGOS`, or a callable making one from `u_dl`), after weak augmentation of the labeled images for every method if `aug_labeled`"
+    cbs = [AugmentLabeled(WeakAug(flip=flip))] if aug_labeled else []
+    if callable(algo): return cbs + [algo(u_dl)]
+    if algo == 'supervised': return cbs
     cls = algo_class(algo)
-    return [cls(u_dl, flip=flip) if 'flip' in inspect.signature(cls).parameters else cls(u_dl)]
+    params = inspect.signature(cls).parameters
+    return cbs + [cls(u_dl, **{k:v for k,v in dict(flip=flip, aug_labeled=False).items() if k in params})]   # MixMatch: augmented once
 
 # %% ../nbs/20_cli.ipynb #6c192cf8
-def train_digits(algo:str|Callable='fixmatch', n_per_class:int=5, epochs:int=40, seed:int=0, lr:float=1e-2, bs:int=16, mu:int=7, quiet:bool=True):
+def train_digits(algo:str|Callable='fixmatch', n_per_class:int=5, epochs:int=40, seed:int=0, lr:float=1e-2, bs:int=16, mu:int=7, quiet:bool=True,
+                 aug_labeled:bool=False):
     "Train `small_cnn` on digits with `n_per_class` labels, supervised (`algo='supervised'`) or semi-supervised; return accuracy and timing"
     set_seed(seed)
     dls,u_dl = digits_dls(n_per_class=n_per_class, bs=bs, mu=mu, seed=seed)
-    learn = Learner(dls, small_cnn(), metrics=accuracy, cbs=_callbacks(algo, u_dl))
+    learn = Learner(dls, small_cnn(), metrics=accuracy, cbs=_callbacks(algo, u_dl, aug_labeled=aug_labeled))
     with ContextManagers([learn.no_bar(), learn.no_logging()] if quiet else []):
         start = time.perf_counter()
         learn.fit_one_cycle(epochs, lr)
@@ -143,7 +147,7 @@ def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_clas
     per_epoch = steps//epochs if steps else max(len(dls.train), len(u_dl) if u_dl is not None else 0)
     dls.train = with_steps(dls.train, per_epoch)
     net = make_model(model, len(dls.train_ds[0][0].getbands()), dls.c)
-    learn = Learner(dls, net, metrics=accuracy, opt_func=opt_func, cbs=_callbacks(algo, u_dl, ifnone(flip, data_flip)))
+    learn = Learner(dls, net, metrics=accuracy, opt_func=opt_func, cbs=_callbacks(algo, u_dl, ifnone(flip, data_flip), aug_labeled=True))
     with ContextManagers([learn.no_bar(), learn.no_logging()] if quiet else []):
         start = time.perf_counter()
         if opt == 'sgd': learn.fit_flat_cos(epochs, lr, pct_start=0.)

@@ -175,6 +175,8 @@ class SSLCallback(Callback):
     def before_batch(self):
         if len(self.xb) != 1: raise ValueError(f"SSL callbacks take models of one input; this Learner's batches have {len(self.xb)}")
         views,self.y_u = parse_unlabeled(self._next_unlabeled(), self.x, self.n_views)
+        if self._n == 0 and views[0].is_floating_point() and not torch.isfinite(views[0]).all():   # one sync an epoch
+            raise ValueError("`u_dl` yields NaN or infinite pixel values: clean or drop those unlabeled images")
         with torch.no_grad(): xs = self.unlabeled_views(views)
         self.n_l,self.sizes_u = find_bs(self.xb),[len(o) for o in xs]
         self.learn.xb = (torch.cat([self.x, *xs]),)
