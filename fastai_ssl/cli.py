@@ -41,7 +41,7 @@ def _callbacks(algo, u_dl, flip:bool=False, aug_labeled:bool=False):
     if algo == 'supervised': return cbs
     cls = algo_class(algo)
     params = inspect.signature(cls).parameters
-    return cbs + [cls(u_dl, **{k:v for k,v in dict(flip=flip, aug_labeled=False).items() if k in params})]   # MixMatch: augmented once
+    return cbs + [cls(u_dl, **{k:v for k,v in dict(flip=flip, aug_labeled=not aug_labeled).items() if k in params})]   # MixMatch: augmented once
 
 # %% ../nbs/20_cli.ipynb #6c192cf8
 def train_digits(algo:str|Callable='fixmatch', n_per_class:int=5, epochs:int=40, seed:int=0, lr:float=1e-2, bs:int=16, mu:int=7, quiet:bool=True,
