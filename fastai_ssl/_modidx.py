@@ -193,6 +193,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'fastai_ssl.losses.js_cons': ('losses.html#js_cons', 'fastai_ssl/losses.py'),
                                    'fastai_ssl.losses.kl_cons': ('losses.html#kl_cons', 'fastai_ssl/losses.py'),
                                    'fastai_ssl.losses.l1_cons': ('losses.html#l1_cons', 'fastai_ssl/losses.py'),
+                                   'fastai_ssl.losses.masked_ce': ('losses.html#masked_ce', 'fastai_ssl/losses.py'),
                                    'fastai_ssl.losses.mix_up': ('losses.html#mix_up', 'fastai_ssl/losses.py'),
                                    'fastai_ssl.losses.mse_cons': ('losses.html#mse_cons', 'fastai_ssl/losses.py'),
                                    'fastai_ssl.losses.sharpen': ('losses.html#sharpen', 'fastai_ssl/losses.py'),

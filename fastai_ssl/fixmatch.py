@@ -9,6 +9,7 @@ __all__ = ['FixMatch']
 from fastai.vision.all import *
 from .core import *
 from .augment import *
+from .losses import *
 
 # %% ../nbs/10_fixmatch.ipynb #5aa122ea
 @delegates()
@@ -36,4 +37,4 @@ class FixMatch(SSLCallback):
         mask = (conf >= self.thresh).float()
         self.log_stats(mask=mask.mean())
         self.log_pseudo(pl, mask)
-        return (F.cross_entropy(p_strong.float(), pl, reduction='none')*mask).mean()
+        return masked_ce(p_strong, pl, mask)

@@ -9,6 +9,7 @@ __all__ = ['FlexMatch']
 from fastai.vision.all import *
 from .core import *
 from .fixmatch import *
+from .losses import *
 
 # %% ../nbs/18_flexmatch.ipynb #f3965f90
 _mappings = dict(convex=lambda b: b/(2-b), linear=lambda b: b)
@@ -59,7 +60,7 @@ class FlexMatch(FixMatch):
         self._remember(pl, conf >= self.thresh)
         self.log_stats(mask=mask.mean(), thresh=thr.mean())
         self.log_pseudo(pl, mask)
-        return (F.cross_entropy(p_strong.float(), pl, reduction='none')*mask).mean()
+        return masked_ce(p_strong, pl, mask)
 
     def ssl_state(self):
         "The base state, and the slots of confident classes that set the thresholds"

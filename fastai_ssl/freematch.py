@@ -9,6 +9,7 @@ __all__ = ['fairness_loss', 'FreeMatch']
 from fastai.vision.all import *
 from .core import *
 from .fixmatch import *
+from .losses import *
 
 # %% ../nbs/19_freematch.ipynb #80e8a904
 def _sum_norm(x): return x/x.sum().clamp_min(1e-12)
@@ -61,8 +62,7 @@ class FreeMatch(FixMatch):
         mask = (conf >= self.thresholds[pl]).float()
         self.log_stats(mask=mask.mean(), thresh=self.time_p)
         self.log_pseudo(pl, mask)
-        lu = (F.cross_entropy(p_strong.float(), pl, reduction='none')*mask).mean()
-        return lu + self.ent_weight*fairness_loss(p_strong, mask, self.p_model, self.label_hist)
+        return masked_ce(p_strong, pl, mask) + self.ent_weight*fairness_loss(p_strong, mask, self.p_model, self.label_hist)
 
     def ssl_state(self):
         "The base state, and the EMAs that set the thresholds"

@@ -9,6 +9,7 @@ __all__ = ['PseudoLabel']
 from fastai.vision.all import *
 from .core import *
 from .augment import *
+from .losses import *
 
 # %% ../nbs/14_pseudolabel.ipynb #fb8b011b
 @delegates()
@@ -28,4 +29,4 @@ class PseudoLabel(SSLCallback):
         mask = (conf >= self.thresh).float()
         self.log_stats(mask=mask.mean())
         self.log_pseudo(pl, mask)
-        return (F.cross_entropy(pred.float(), pl, reduction='none')*mask).mean()
+        return masked_ce(pred, pl, mask)
