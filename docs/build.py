@@ -259,9 +259,15 @@ class Site:
             if n not in done: parts.append(api_block(n, getattr(*exported[n]), self.md))
         return ''.join(parts)
 
+    def _index_rank(self, nb_path):
+        "Pages in the order the index links them, then by name"
+        index = self.books.get(self.nbs_path/'index.ipynb')
+        pos = ' '.join(c.source for c in index.cells).find(f'({self.pages[nb_path.stem]})') if index else -1
+        return (pos if pos >= 0 else float('inf'), nb_path.name)
+
     def sidebar(self, current):
         groups = {g: [] for g in GROUPS}
-        for p in self.nbs: groups[page_group(p)].append(p)
+        for p in sorted(self.nbs, key=self._index_rank): groups[page_group(p)].append(p)
         cur = ' class="current" aria-current="page"'
         out = [f'<a class="site-title" href="index.html">{html.escape(self.title)}</a>']
         for g,nbs in groups.items():
@@ -331,6 +337,7 @@ pre { margin: 0; padding: .7rem .9rem; overflow-x: auto; font: 0.85rem/1.45 ui-m
 .highlight pre { background: none; }
 .cell.code { margin: 1rem 0; }
 .cell.code .source .highlight { margin: 0; border: 1px solid var(--line); }
+.cell.code .source pre { white-space: pre-wrap; overflow-wrap: anywhere; }
 .outputs { border-left: 3px solid var(--line); margin: .3rem 0 0; padding-left: .6rem; overflow-x: auto; }
 .output.stderr { background: #fff5f5; }
 .output.error { background: #fff0f0; color: #8a1f11; }

@@ -9,31 +9,31 @@ __all__ = ['FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'split_labeled', 'unla
 # %% ../nbs/02_data.ipynb #9d1ce404
 import gzip
 from fastai.vision.all import *
+from .core import is_missing_label
 
 # %% ../nbs/02_data.ipynb #b6e8c4d9
-def _missing(o):
-    "True for an unknown label: `None`, NaN or an empty string"
-    return o is None or (isinstance(o, float) and math.isnan(o)) or (isinstance(o, str) and not o.strip())
-
-def split_labeled(items, labels, n_per_class:int, seed:int=0):
-    "Stratified split of `items`: `n_per_class` labeled items of each class, the rest unlabeled; items with missing labels are unlabeled"
-    items,labels = L(items),L(labels)
+def split_labeled(items, labels, n_per_class:int|None, seed:int=0):
+    "Stratified split of `items` (a list or a table): `n_per_class` labeled items of each class (`None`: all with a known label), the rest unlabeled; items with missing labels are unlabeled"
+    labels = list(labels.tolist() if hasattr(labels, 'tolist') else labels)   # a Series, an array or a tensor: plain values
     if len(items) != len(labels): raise ValueError(f"`items` has {len(items)} entries but `labels` has {len(labels)}")
-    if not (isinstance(n_per_class, int) and n_per_class >= 1): raise ValueError(f"`n_per_class` must be an int >= 1, got {n_per_class!r}")
-    known = [i for i,o in enumerate(labels) if not _missing(o)]
-    by_class = groupby(known, lambda i: labels[i])
-    small = {k:len(v) for k,v in by_class.items() if len(v) < n_per_class}
+    if not (n_per_class is None or isinstance(n_per_class, int) and n_per_class >= 1):
+        raise ValueError(f"`n_per_class` must be an int >= 1 or None, got {n_per_class!r}")
+    by_class = groupby([i for i,o in enumerate(labels) if not is_missing_label(o)], lambda i: labels[i])
+    if not by_class: raise ValueError("`labels` are all missing: label a few items of each class")
+    small = {k:len(v) for k,v in by_class.items() if len(v) < (n_per_class or 1)}
     if small: raise ValueError(f"`n_per_class`={n_per_class} is more than these classes have: {small}; lower `n_per_class`")
     rng = random.Random(seed)
-    lab = sorted(i for k in sorted(by_class, key=str) for i in rng.sample(by_class[k], n_per_class))
+    pick = (lambda k: by_class[k]) if n_per_class is None else (lambda k: rng.sample(by_class[k], n_per_class))
+    lab = sorted(i for k in sorted(by_class, key=str) for i in pick(k))
     is_lab = set(lab)
-    return items[lab],items[[i for i in range(len(items)) if i not in is_lab]]
+    take = items.iloc.__getitem__ if hasattr(items, 'iloc') else L(items).__getitem__
+    return take(lab),take([i for i in range(len(items)) if i not in is_lab])
 
 # %% ../nbs/02_data.ipynb #a99e9909
 def unlabeled_dl(items, dls:DataLoaders, mu:int=7, bs:int|None=None, with_labels:bool=False, views=None, **kwargs):
     "Loader of `mu`×`dls.bs` unlabeled `items` per batch, through `dls`' transforms without their augmentation"
     if not (isinstance(mu, int) and mu >= 1): raise ValueError(f"`mu` must be an int >= 1, got {mu!r}")
-    items = L(items)
+    items = L(items, use_list=None)   # a table stays a table, read by rows
     if not len(items): raise ValueError("`items` is empty: `unlabeled_dl` needs unlabeled items")
     ds = dls.train_ds
     if not isinstance(ds, Datasets): raise ValueError("`dls` must be built from fastai `Datasets` (e.g. a `DataBlock`); for other data, pass any loader of image tensors as `u_dl`")
