@@ -384,6 +384,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('out', nargs='?', default='_docs', help="output folder (default: _docs)")
     ap.add_argument('--screenshot', nargs=2, metavar=('PAGE', 'PNG'), help="also save a screenshot of PAGE (e.g. fixmatch) to PNG")
+    ap.add_argument('--height', type=int, default=1600, help="height of the screenshot in pixels (default: 1600)")
     args = ap.parse_args(argv)
     cfg = get_config(path=ROOT)
     site = Site(cfg.nbs_path, cfg.lib_path.name, cfg.title or cfg.lib_path.name)
@@ -393,6 +394,6 @@ def main(argv=None):
         page,png = args.screenshot
         html_file = Path(args.out)/(page if page.endswith('.html') else page + '.html')
         if not html_file.exists(): raise SystemExit(f"no page {html_file}: choose one of {', '.join(p.name for p in pages)}")
-        print(f"screenshot of {html_file} in {screenshot(html_file, png)}")
+        print(f"screenshot of {html_file} in {screenshot(html_file, png, (1200, args.height))}")
 
 if __name__ == '__main__': main()

@@ -57,3 +57,40 @@ def test_cli_errors_and_tiny_demo(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'supervised' in r.stdout and 'fixmatch' in r.stdout
     assert (tmp_path/'demo.png').exists() and len(json.loads((tmp_path/'demo.json').read_text())) == 2
+
+def _table(tmp_path, n=60, n_known=12):
+    "A table of `n` image files whose `label` is missing (NaN) but for the first `n_known` rows and the validation rows"
+    rng = np.random.default_rng(0)
+    for i in range(n): Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path/f'{i}.png')
+    df = pd.DataFrame(dict(fname=[f'{i}.png' for i in range(n)], label=[('a', 'b')[i % 2] for i in range(n)], is_valid=[i >= n - 8 for i in range(n)]))
+    df.loc[n_known:n-9, 'label'] = np.nan
+    return df
+
+def _table_block(tmp_path):
+    return DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader('fname', pref=tmp_path), get_y=ColReader('label'),
+                     splitter=ColSplitter('is_valid'), item_tfms=Resize(8))
+
+def test_partly_labeled_table(tmp_path):
+    "Rows with missing labels go to the unlabeled loader, read by rows; no labeled batch holds one"
+    df = _table(tmp_path)
+    known = df.label.notna()
+    dls = _table_block(tmp_path).dataloaders(df[known], bs=4, num_workers=0)
+    u_dl = unlabeled_dl(df[~known], dls, mu=2)
+    assert len(u_dl.dataset) == (~known).sum() == 40 and list(dls.vocab) == ['a', 'b']
+    assert not set(dls.train_ds.items.fname) & set(df.fname[~known])
+    lab,unlab = split_labeled(df, df.label, None)
+    assert list(lab.fname) == list(df.fname[known]) and list(unlab.fname) == list(df.fname[~known])
+    learn = Learner(dls, small_cnn(n_in=3, n_out=2), cbs=FixMatch(u_dl))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert all(math.isfinite(v) for v in learn.recorder.values[-1])
+
+@pytest.mark.parametrize('read', [lambda s: s.fillna(''), lambda s: s.map(str)])
+def test_missing_label_as_a_class_is_refused(tmp_path, read):
+    "Gaps turned into '' or 'nan' make a class of their own: the callback stops before training"
+    df = _table(tmp_path)
+    df['label'] = read(df.label)
+    dls = _table_block(tmp_path).dataloaders(df, bs=4, num_workers=0)
+    learn = Learner(dls, small_cnn(n_in=3, n_out=dls.c), cbs=FixMatch(unlabeled_dl(df, dls, mu=2)))
+    lf = learn.loss_func
+    with pytest.raises(ValueError, match='for missing labels: build `dls` from the labeled items only'): learn.fit(1)
+    assert learn.loss_func is lf
