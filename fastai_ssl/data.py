@@ -14,6 +14,7 @@ from .core import is_missing_label
 # %% ../nbs/02_data.ipynb #b6e8c4d9
 def split_labeled(items, labels, n_per_class:int|None, seed:int=0):
     "Stratified split of `items` (a list or a table): `n_per_class` labeled items of each class (`None`: all with a known label), the rest unlabeled; items with missing labels are unlabeled"
+    items = items if hasattr(items, 'iloc') else L(items, use_list=None)   # a table or an array keeps its rows
     labels = list(labels.tolist() if hasattr(labels, 'tolist') else labels)   # a Series, an array or a tensor: plain values
     if len(items) != len(labels): raise ValueError(f"`items` has {len(items)} entries but `labels` has {len(labels)}")
     if not (n_per_class is None or isinstance(n_per_class, int) and n_per_class >= 1):
@@ -26,7 +27,7 @@ def split_labeled(items, labels, n_per_class:int|None, seed:int=0):
     pick = (lambda k: by_class[k]) if n_per_class is None else (lambda k: rng.sample(by_class[k], n_per_class))
     lab = sorted(i for k in sorted(by_class, key=str) for i in pick(k))
     is_lab = set(lab)
-    take = items.iloc.__getitem__ if hasattr(items, 'iloc') else L(items).__getitem__
+    take = items.iloc.__getitem__ if hasattr(items, 'iloc') else items.__getitem__
     return take(lab),take([i for i in range(len(items)) if i not in is_lab])
 
 # %% ../nbs/02_data.ipynb #a99e9909
