@@ -118,6 +118,7 @@ class SSLCallback(Callback):
     _stateattrs = ('u_dl','stream','_pending','_stats','pred_u','y_u','teacher','_student')
     n_views = (1,)    # how many image tensors per batch the unlabeled loader may yield
     stat_names = ()   # the algorithm's own statistics, shown per epoch after `Lx` and `Lu`
+    ssl_attrs = {}    # the algorithm's own training state, saved by `learn.save`: {attribute: its value before training}
 
     def __init__(self, u_dl, lambda_u:float=1., ramp:Callable|None=None, ema:float|None=None,
                  eval_teacher:bool=False, update_bn:bool=False):
@@ -127,6 +128,7 @@ class SSLCallback(Callback):
         if eval_teacher and ema is None: raise ValueError("`eval_teacher=True` needs a teacher: pass `ema`, e.g. `ema=0.999`")
         store_attr()
         self.stream,self._pending,self.has_labels,self.teacher,self._student,self.step = None,None,None,None,None,0
+        for k,v in self.ssl_attrs.items(): setattr(self, k, v)
 
     def _init_state(self):
         "After unpickling (`load_learner`), the attributes `export` dropped read as `None`"
@@ -262,13 +264,14 @@ class SSLCallback(Callback):
     def after_fit(self): self._in_fit = False
 
     def ssl_state(self):
-        "Training state that `learn.save` keeps beside the model: the step count and the teacher's weights"
-        return dict(step=self.step, teacher=None if self.teacher is None else self.teacher.state_dict())
+        "Training state that `learn.save` keeps beside the model: the step count, the teacher's weights and the `ssl_attrs`"
+        return dict(step=self.step, teacher=None if self.teacher is None else self.teacher.state_dict(), **{k: getattr(self, k) for k in self.ssl_attrs})
 
     def load_ssl_state(self, state:dict|None):
         "Restore `ssl_state`; with `None` (a file saved without it) start afresh: step 0, teacher copied from the loaded model"
         state = state or {}
         self.step,self.teacher = state.get('step', 0),None
+        for k,v in self.ssl_attrs.items(): setattr(self, k, state.get(k, v))
         if self.ema is not None:
             self.teacher = EMATeacher(self.learn.model, self.ema)
             if state.get('teacher') is not None: self.teacher.load_state_dict(state['teacher'])

@@ -27,11 +27,11 @@ class FlexMatch(FixMatch):
     "FlexMatch (Zhang et al. 2021): FixMatch with a threshold per class, scaled by how well the class is learned"
     stat_names = ('mask','thresh')
     _stateattrs = FixMatch._stateattrs + ('classes',)
+    ssl_attrs = dict(classes=None, pos=0, n_classes=None)   # the slots of confident classes that set the thresholds
     def __init__(self, u_dl, thresh:float=0.95, warmup:bool=True, mapping:str='convex', **kwargs):
         if mapping not in _mappings: raise ValueError(f"`mapping` must be 'convex' or 'linear', got {mapping!r}")
         super().__init__(u_dl, thresh=thresh, **kwargs)
         store_attr('warmup,mapping')
-        self.classes,self.pos,self.n_classes = None,0,None
 
     @property
     def thresholds(self):
@@ -61,12 +61,3 @@ class FlexMatch(FixMatch):
         self.log_stats(mask=mask.mean(), thresh=thr.mean())
         self.log_pseudo(pl, mask)
         return masked_ce(p_strong, pl, mask)
-
-    def ssl_state(self):
-        "The base state, and the slots of confident classes that set the thresholds"
-        return dict(super().ssl_state(), classes=self.classes, pos=self.pos, n_classes=self.n_classes)
-
-    def load_ssl_state(self, state:dict|None):
-        super().load_ssl_state(state)
-        state = state or {}
-        self.classes,self.pos,self.n_classes = state.get('classes'),state.get('pos', 0),state.get('n_classes')

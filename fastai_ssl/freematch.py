@@ -29,6 +29,7 @@ class FreeMatch(FixMatch):
     "FreeMatch (Wang et al. 2023): FixMatch with self-adaptive global and class-wise thresholds and a fairness term"
     stat_names = ('mask','thresh')
     _stateattrs = FixMatch._stateattrs + ('time_p','p_model','label_hist')
+    ssl_attrs = dict(time_p=None, p_model=None, label_hist=None)   # the EMAs that set the thresholds
     def __init__(self, u_dl, ema_p:float=0.999, ent_weight:float=0.01, tau0:float|None=None, **kwargs):
         if 'thresh' in kwargs: raise ValueError("FreeMatch sets its thresholds itself: remove `thresh`")
         if not 0 <= ema_p < 1: raise ValueError(f"`ema_p` must be in [0, 1), got {ema_p}")
@@ -36,7 +37,6 @@ class FreeMatch(FixMatch):
         if tau0 is not None and not 0 < tau0 <= 1: raise ValueError(f"`tau0` must be in (0, 1] or None, got {tau0}")
         super().__init__(u_dl, **kwargs)
         store_attr('ema_p,ent_weight,tau0')
-        self.time_p,self.p_model,self.label_hist = None,None,None
 
     @property
     def thresholds(self):
@@ -63,12 +63,3 @@ class FreeMatch(FixMatch):
         self.log_stats(mask=mask.mean(), thresh=self.time_p)
         self.log_pseudo(pl, mask)
         return masked_ce(p_strong, pl, mask) + self.ent_weight*fairness_loss(p_strong, mask, self.p_model, self.label_hist)
-
-    def ssl_state(self):
-        "The base state, and the EMAs that set the thresholds"
-        return dict(super().ssl_state(), time_p=self.time_p, p_model=self.p_model, label_hist=self.label_hist)
-
-    def load_ssl_state(self, state:dict|None):
-        super().load_ssl_state(state)
-        state = state or {}
-        self.time_p,self.p_model,self.label_hist = state.get('time_p'),state.get('p_model'),state.get('label_hist')
