@@ -64,18 +64,18 @@ def _labeled_files(folder):
     return [f for f in get_image_files(folder) if len(f.relative_to(folder).parts) > 1 and f.relative_to(folder).parts[0] != 'unlabeled']
 
 def folder_dls(path, n_per_class:int|None=None, bs:int=16, mu:int=7, seed:int=0, size:int=32, valid_pct:float=0.2, **kwargs):
-    "Labeled `DataLoaders` from images in class subfolders of `path`, and the unlabeled loader of `path/unlabeled` (`None` without unlabeled images)"
+    "Labeled `DataLoaders` from images in class subfolders of `path` (or of `train/`, beside `valid/`, `val/` or `test/`), and the unlabeled loader of `unlabeled/` (`None` without unlabeled images)"
     from sklearn.model_selection import train_test_split
     path = Path(path)
     if not path.is_dir(): raise ValueError(f"`path`: no folder {path}")
-    valid_dir = first(path/o for o in ('valid', 'val') if (path/o).is_dir())
+    valid_dir = first(path/o for o in ('valid', 'val', 'test') if (path/o).is_dir())
     train_dir = path/'train' if (path/'train').is_dir() and valid_dir is not None else path
     train = _labeled_files(train_dir)
     if not train: raise ValueError(f"`path`: no images in class subfolders of {train_dir}")
     if train_dir == path:
         train,valid = train_test_split(train, test_size=valid_pct, random_state=seed, stratify=[f.parent.name for f in train])
     else: valid = _labeled_files(valid_dir)
-    unlab = L(get_image_files(path/'unlabeled')) if (path/'unlabeled').is_dir() else L()
+    unlab = L(f for d in dict.fromkeys([path/'unlabeled', train_dir/'unlabeled']) if d.is_dir() for f in get_image_files(d))
     if n_per_class is not None:
         train,rest = split_labeled(train, [f.parent.name for f in train], n_per_class, seed)
         unlab = rest + unlab

@@ -80,3 +80,18 @@ def test_bench_digits(tmp_path, capsys):
     assert [(r['algo'], r['labels_per_class']) for r in runs[:4]] == [('supervised', 2), ('fixmatch', 2), ('supervised', 4), ('fixmatch', 4)]
     assert runs[-1]['reference'] and len({r['steps'] for r in runs}) == 1
     assert (tmp_path/'b'/'bench.png').stat().st_size > 1000
+
+@pytest.mark.parametrize('valid_name,unlabeled_in', [('valid', 'train'), ('test', '.')])
+def test_folder_with_train_and_valid(folder, valid_name, unlabeled_in):
+    "`train/` beside `valid/` (or CIFAR-10's `test/`), unlabeled images in `train/unlabeled` or `unlabeled/`: nothing leaks across"
+    root = folder.parent/'split'
+    for c in ('red', 'blue'):
+        for i,f in enumerate(sorted((folder/c).iterdir())):
+            dest = root/('train' if i < 4 else valid_name)/c
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, dest/f.name)
+    shutil.copytree(folder/'unlabeled', root/unlabeled_in/'unlabeled')
+    dls,u_dl = cli.folder_dls(root, n_per_class=3, bs=4, mu=2)
+    assert (len(dls.train_ds), len(dls.valid_ds), len(u_dl.dataset)) == (6, 4, 24 + 2)
+    assert all(valid_name in f.parts for f in dls.valid_ds.items)
+    assert not set(dls.train_ds.items) & set(u_dl.dataset.items)
