@@ -39,7 +39,7 @@ def page_group(nb_path):
     m = re.match(r'(\d+)', stem)
     if not m: return 'More'
     n = int(m.group(1))
-    return 'Core' if n < 10 else 'Algorithms' if n < 20 else 'Tools'
+    return 'Core' if n < 10 else 'Tools' if 20 <= n < 30 else 'Algorithms'   # algorithms: 10-19, then 30-39
 
 def split_header(source):
     "`(title, summary, rest)` of a markdown cell that starts with `# Title` and `> summary` lines"

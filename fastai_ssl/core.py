@@ -110,6 +110,7 @@ def is_missing_label(o)->bool:
     return isinstance(o, numbers.Number) and o != o
 
 # %% ../nbs/00_core.ipynb #3e0e080c
+def _width(vals): return max(v.numel() if isinstance(v, Tensor) else 1 for v in vals.values())
 _nan_msg = "the unlabeled loss is NaN or infinite: check the unlabeled images for NaN/inf, or lower the learning rate or `lambda_u`"
 
 class SSLCallback(Callback):
@@ -119,6 +120,7 @@ class SSLCallback(Callback):
     n_views = (1,)    # how many image tensors per batch the unlabeled loader may yield
     stat_names = ()   # the algorithm's own statistics, shown per epoch after `Lx` and `Lu`
     ssl_attrs = {}    # the algorithm's own training state, saved by `learn.save`: {attribute: its value before training}
+    max_history = 20_000   # rows of per-step `history` kept; past that, every second row is dropped
 
     def __init__(self, u_dl, lambda_u:float=1., ramp:Callable|None=None, ema:float|None=None,
                  eval_teacher:bool=False, update_bn:bool=False):
@@ -152,6 +154,7 @@ class SSLCallback(Callback):
         self._restore_student()
         if hasattr(self.learn, 'gather_preds') or self.u_dl is None: return   # `get_preds`, `predict`, or an exported Learner
         self._check_vocab()
+        self._hist = []
         if self.stream is None or self.stream.dl is not self.u_dl:
             self.stream = UnlabeledStream(self.u_dl)
             self._pending = next(self.stream)   # checks the loader yields something; used as the first batch
@@ -167,14 +170,13 @@ class SSLCallback(Callback):
         if bad: raise ValueError(f"the labeled `dls` has a class {bad[0]!r} for missing labels: build `dls` from the labeled items only and pass the others to `unlabeled_dl`")
 
     def _add_metric_names(self):
+        self.metric_names = L('Lx','Lu') + L(self.stat_names) + (L('pl_acc') if self.has_labels else L())
         rec = getattr(self.learn, 'recorder', None)
         if rec is None: return
-        names = L('Lx','Lu') + L(self.stat_names) + (L('pl_acc') if self.has_labels else L())
         i = len(rec.metric_names) - int(rec.metric_names[-1] == 'time')
-        rec.metric_names = rec.metric_names[:i] + names + rec.metric_names[i:]
-        self.metric_names = names
+        rec.metric_names = rec.metric_names[:i] + self.metric_names + rec.metric_names[i:]
 
-    def before_epoch(self): self._in_fit,self._stats,self._n = False,{},0
+    def before_epoch(self): self._in_fit,self._stats,self._steps,self._n = False,{},{},0
     def before_train(self):
         if self.u_dl is None: raise ValueError("this callback has no unlabeled data (`u_dl` is dropped by `export`): set `cb.u_dl` before `fit`")
         if self.epoch > 0 or self._pending is None:   # each epoch starts a fresh, reshuffled pass: a resumed run draws what an uninterrupted one does
@@ -212,6 +214,7 @@ class SSLCallback(Callback):
         w = self.unlabeled_weight(self.learn.pct_train)
         if self._n == 0 and not torch.isfinite(lu): raise ValueError(_nan_msg)   # one sync an epoch; later ones are caught at its end
         self.log_stats(Lx=self.loss_grad, Lu=lu)
+        self.log_step(weight=w)
         self.learn.loss_grad = self.loss_grad + w*lu
         self.learn.loss = self.loss + w*lu.detach()
         self.pred_u = None
@@ -225,8 +228,14 @@ class SSLCallback(Callback):
             for b in self.teacher.model.buffers(): torch.distributed.broadcast(b, 0)
 
     def log_stats(self, **stats):
-        "Accumulate per-batch statistics on the device (no host sync); shown as epoch means"
-        for k,v in stats.items(): self._stats[k] = self._stats.get(k, 0.) + v.detach().float().as_subclass(Tensor)
+        "Accumulate per-batch statistics on the device (no host sync): shown as epoch means, and per step in `history`"
+        stats = {k:v.detach().float().as_subclass(Tensor) for k,v in stats.items()}
+        for k,v in stats.items(): self._stats[k] = self._stats.get(k, 0.) + v
+        self.log_step(**stats)
+
+    def log_step(self, **stats):
+        "Keep per-step values (numbers, or tensors of one or more values) for `history` only, on their device until the epoch ends"
+        for k,v in stats.items(): self._steps.setdefault(k, {})[self._n] = v.detach().float().as_subclass(Tensor).flatten() if isinstance(v, Tensor) else float(v)
 
     def log_pseudo(self, labels:Tensor, mask:Tensor|None=None):
         "Record the accuracy of pseudo-`labels` (over `mask`ed items if given) when the loader carries hidden labels"
@@ -246,20 +255,41 @@ class SSLCallback(Callback):
     def after_cancel_validate(self): self._restore_student()
     def after_validate(self):
         self._restore_student()
-        rec = getattr(self.learn, 'recorder', None)
-        if not self._in_fit or rec is None: return
-        vals = self._epoch_means()
+        if not self._in_fit: return
+        vals = self._read_epoch()
         if self._n and not math.isfinite(vals[1]): raise ValueError(_nan_msg)   # before `SaveModelCallback` could save the model
-        rec.log += vals
+        rec = getattr(self.learn, 'recorder', None)
+        if rec is not None: rec.log += vals
 
-    def _epoch_means(self):
-        "Each statistic's mean over the epoch's steps, and over the processes in data-parallel training; one host read"
+    def _read_epoch(self):
+        "Each statistic's mean over the epoch's steps (and over the processes in data-parallel training); the epoch's steps into `history`; one host read"
         dev = first(self._stats.values()).device if self._stats else 'cpu'
         t = torch.tensor([float('nan')]*len(self.metric_names) + [float(self._n)], device=dev)
         for i,k in enumerate(self.metric_names):
             if k in self._stats: t[i] = self._stats[k]
         if _ddp(): torch.distributed.all_reduce(t)
-        return (t[:-1]/t[-1]).tolist()
+        keys = [k for k in self.metric_names if k in self._steps] + [k for k in self._steps if k not in self.metric_names]
+        steps = {k:torch.stack([torch.as_tensor(v[n] if n in v else math.nan, device=dev).float().flatten().expand(_width(v)) for n in range(self._n)])
+                 for k in keys if self._n for v in [self._steps[k]]}
+        flat = torch.cat([t[:-1]/t[-1], *[o.flatten() for o in steps.values()]]).tolist()
+        self._add_history({k:o.shape for k,o in steps.items()}, flat[len(self.metric_names):])
+        return flat[:len(self.metric_names)]
+
+    def _add_history(self, shapes, flat):
+        "Append this epoch's rows (values `flat`, in the order and `shapes` of its statistics) to `history`, thinned to `max_history`"
+        cols,i = dict(step=range(self.step-self._n+1, self.step+1), epoch=[self.epoch]*self._n),0
+        for k,(n,w) in shapes.items():
+            vals = np.array(flat[i:i+n*w]).reshape(n, w)
+            cols.update({k: vals[:,0]} if w == 1 else {f'{k}_{j}': vals[:,j] for j in range(w)})
+            i += n*w
+        self._hist.append(pd.DataFrame(cols))
+        if sum(map(len, self._hist)) > self.max_history: self._hist = [pd.concat(self._hist, ignore_index=True).iloc[::2]]
+
+    @property
+    def history(self)->pd.DataFrame:
+        "Per-step statistics of the current (or last) fit: `step`, `epoch`, then each statistic; a statistic of C values gives C columns `name_0`…"
+        hist = getattr(self, '_hist', None)
+        return pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=['step','epoch'])
 
     def after_fit(self): self._in_fit = False
 
