@@ -139,12 +139,21 @@ def photo_crops(n:int=8, size:int=32, seed:int=0)->Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 # %% ../nbs/01_augment.ipynb #f0542dc3
+def _pixel_scale(t):
+    "Mean and std `(1, C, 1, ...)` that map the float batch `t` of unknown scale onto [0, 1]: each channel's range in the batch, or [0, 1] itself where the batch lies inside it"
+    dims = (0, *range(2, t.ndim))
+    lo,hi = t.amin(dims, keepdim=True),t.amax(dims, keepdim=True)
+    inside = (lo >= 0) & (hi <= 1)
+    w = torch.where(inside, 1., hi-lo).clamp_min(1e-6)
+    return torch.where(inside, 0., -lo/w),1/w          # pixels = x*std + mean
+
 def _to_unit(x, mean=None, std=None):
-    "`x` as a plain float32 tensor of pixels in [0, 1] (from `uint8`, or un-normalized with `mean`, `std`), and the function that brings such pixels back"
+    "`x` as a plain float32 tensor of pixels in [0, 1] (from `uint8`, un-normalized with `mean`, `std`, or of a scale found in the batch), and the function that brings such pixels back"
     dt,t = x.dtype,x.as_subclass(Tensor)      # plain tensors: fastai's tensor types add Python work to every operation
     if dt == torch.uint8: return t.float()/255,lambda y: retain_type((y*255).round().to(dt), x)
-    if mean is None: return t.float(),lambda y: retain_type(y.to(dt), x)
-    return (t.float()*std+mean).clamp(0, 1),lambda y: retain_type(((y-mean)/std).to(dt), x)
+    t = t.float()
+    if mean is None: mean,std = _pixel_scale(t)
+    return (t*std+mean).clamp(0, 1),lambda y: retain_type(((y-mean)/std).to(dt), x)
 
 def _reflect(i, n):
     "Indices `i` reflected into `[0, n)` about the edge pixels (numpy's 'reflect'), for shifts of less than `n`"
