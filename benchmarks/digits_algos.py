@@ -26,6 +26,10 @@ SETTINGS = {   # name: (callback maker, what differs from the paper's defaults)
     'uda': (lambda u: UDA(u, flip=False), 'flip=False'),
     'flexmatch': (lambda u: FlexMatch(u, flip=False, warmup=False), 'flip=False, warmup=False'),
     'freematch': (lambda u: FreeMatch(u, flip=False, tau0=1.), 'flip=False, tau0=1'),
+    'adamatch': (lambda u: AdaMatch(u, flip=False), 'flip=False'),
+    'softmatch': (lambda u: SoftMatch(u, flip=False, ema_p=0.9), 'flip=False, ema_p=0.9 (with 0.999 the weights stay ~1 over 120 steps)'),
+    'dash': (lambda u: Dash(u, flip=False), 'flip=False'),
+    'defixmatch': (lambda u: DeFixMatch(u, flip=False), 'flip=False'),
 }
 
 def main(seeds=3, algos=None, fname=None, aug_labeled=False):

@@ -10,7 +10,9 @@ from conftest import quiet_fit
 ALGOS = [('fixmatch', 'FixMatch', dict(flip=False)), ('mixmatch', 'MixMatch', dict(flip=False)),
          ('meanteacher', 'MeanTeacher', dict(flip=False)), ('ict', 'ICT', {}), ('pseudolabel', 'PseudoLabel', {}),
          ('pimodel', 'PiModel', dict(flip=False)), ('vat', 'VAT', {}), ('uda', 'UDA', dict(flip=False)),
-         ('flexmatch', 'FlexMatch', dict(flip=False)), ('freematch', 'FreeMatch', dict(flip=False))]
+         ('flexmatch', 'FlexMatch', dict(flip=False)), ('freematch', 'FreeMatch', dict(flip=False)),
+         ('adamatch', 'AdaMatch', dict(flip=False)), ('softmatch', 'SoftMatch', dict(flip=False)),
+         ('dash', 'Dash', dict(flip=False)), ('defixmatch', 'DeFixMatch', dict(flip=False))]
 
 def make_cb(algo, u_dl, **kwargs):
     mod,cls,args = algo
@@ -141,7 +143,13 @@ BAD_ARGS = [('MixMatch', dict(T=0), '`T` must be > 0'), ('MixMatch', dict(K=0), 
             ('UDA', dict(tsa='cubic'), '`tsa` must be'), ('UDA', dict(T=0), '`T` must be > 0'), ('UDA', dict(thresh=float('nan')), '`thresh` must be in (0, 1]'),
             ('FlexMatch', dict(mapping='square'), '`mapping` must be'), ('FlexMatch', dict(thresh=2), '`thresh` must be in (0, 1]'),
             ('FreeMatch', dict(ema_p=1), '`ema_p` must be in [0, 1)'), ('FreeMatch', dict(ent_weight=-1), '`ent_weight` must be >= 0'),
-            ('FreeMatch', dict(tau0=0), '`tau0` must be in (0, 1]')] + \
+            ('FreeMatch', dict(tau0=0), '`tau0` must be in (0, 1]'),
+            ('AdaMatch', dict(thresh=2), '`thresh` must be in (0, 1]'), ('AdaMatch', dict(ema_p=1), '`ema_p` must be in [0, 1)'),
+            ('SoftMatch', dict(n_sigma=0), '`n_sigma` must be > 0'), ('SoftMatch', dict(ema_p=-0.1), '`ema_p` must be in [0, 1)'),
+            ('SoftMatch', dict(thresh=0.9), 'remove `thresh`'), ('Dash', dict(gamma=1), '`gamma` must be > 1'), ('Dash', dict(C=0), '`C` must be > 0'),
+            ('Dash', dict(rho_min=0), '`rho_min` must be > 0'), ('Dash', dict(warmup=1), '`warmup` must be in [0, 1)'),
+            ('Dash', dict(period=0), '`period` must be in (0, 1]'), ('Dash', dict(thresh=0.9), 'remove `thresh`'),
+            ('DeFixMatch', dict(thresh=0), '`thresh` must be in (0, 1]'), ('DeFixMatch', dict(T=0), '`T` must be > 0')] + \
            [(cls, dict(lambda_u=v), '`lambda_u` must be >= 0') for _,cls,_ in ALGOS for v in (-1., float('nan'))] + \
            [(cls, dict(ramp=0.5), '`ramp` must be a callable') for _,cls,_ in ALGOS]
 
