@@ -2,6 +2,7 @@
 from .core import *
 from .teacher import *
 from .losses import *
+from .align import *
 from .augment import *
 from .data import *
 from .models import *
@@ -15,3 +16,7 @@ from .vat import *
 from .uda import *
 from .flexmatch import *
 from .freematch import *
+from .adamatch import *
+from .softmatch import *
+from .dash import *
+from .defixmatch import *
