@@ -3,6 +3,7 @@ from .core import *
 from .teacher import *
 from .losses import *
 from .align import *
+from .features import *
 from .augment import *
 from .data import *
 from .models import *
@@ -20,3 +21,9 @@ from .adamatch import *
 from .softmatch import *
 from .dash import *
 from .defixmatch import *
+from .remixmatch import *
+from .simmatch import *
+from .comatch import *
+from .crmatch import *
+from .interpret import *
+from .cli import with_steps

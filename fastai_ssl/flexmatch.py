@@ -59,5 +59,6 @@ class FlexMatch(FixMatch):
         mask = (conf >= thr[pl]).float()
         self._remember(pl, conf >= self.thresh)
         self.log_stats(mask=mask.mean(), thresh=thr.mean())
+        self.log_step(thresholds=thr)
         self.log_pseudo(pl, mask)
         return masked_ce(p_strong, pl, mask)

@@ -61,5 +61,6 @@ class FreeMatch(FixMatch):
         conf,pl = probs.max(1)
         mask = (conf >= self.thresholds[pl]).float()
         self.log_stats(mask=mask.mean(), thresh=self.time_p)
+        self.log_step(thresholds=self.thresholds)
         self.log_pseudo(pl, mask)
         return masked_ce(p_strong, pl, mask) + self.ent_weight*fairness_loss(p_strong, mask, self.p_model, self.label_hist)

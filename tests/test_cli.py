@@ -95,3 +95,45 @@ def test_folder_with_train_and_valid(folder, valid_name, unlabeled_in):
     assert (len(dls.train_ds), len(dls.valid_ds), len(u_dl.dataset)) == (6, 4, 24 + 2)
     assert all(valid_name in f.parts for f in dls.valid_ds.items)
     assert not set(dls.train_ds.items) & set(u_dl.dataset.items)
+
+def test_train_folder_with_valid_and_unlabeled_then_pseudo_label(tmp_path, folder, capsys):
+    "Labeled class folders beside `valid/` and `unlabeled/`: run.json and the summary give the three counts and their sources; `pseudo-label` writes a CSV"
+    for c in ('red', 'blue'):
+        (folder/'valid'/c).mkdir(parents=True)
+        for i in range(3): shutil.copy(folder/c/f'{i}.png', folder/'valid'/c/f'v{i}.png')
+    main(['train', '--data', str(folder), '--labels-per-class', '4', '--algo', 'fixmatch', '--epochs', '2', '--steps', '4', '--bs', '4',
+          '--mu', '2', '--size', '16', '--out', str(tmp_path/'run')])
+    rec = json.loads((tmp_path/'run'/'run.json').read_text())
+    assert (rec['n_labeled'], rec['n_unlabeled'], rec['n_valid']) == (8, 24 + 4, 6)   # the valid/ images are not training images
+    src = rec['sources']
+    assert str(folder/'valid') in src['valid'] and f"{folder/'unlabeled'} (24)" in src['unlabeled'] and '4 per class of the 12' in src['labeled']
+    out = capsys.readouterr().out
+    assert '8 labeled' in out and '28 unlabeled' in out and '6 for validation' in out and str(folder/'valid') in out
+    assert 'epoch 1/2  train_loss' in out and 'epoch 2/2' in out   # not a terminal: a line per epoch, no progress bar
+    steps = pd.read_csv(tmp_path/'run'/'steps.csv')
+    assert steps.step.tolist() == [1, 2, 3, 4] and {'Lx', 'Lu', 'mask', 'weight'} <= set(steps.columns)
+    assert Image.open(tmp_path/'run'/'steps.png').size[0] > 400
+    main(['pseudo-label', '--model', str(tmp_path/'run'/'model.pkl'), '--data', str(folder/'unlabeled'), '--out', str(tmp_path/'pl'/'pseudo.csv'),
+          '--to-label', '5'])
+    t = pd.read_csv(tmp_path/'pl'/'pseudo.csv')
+    assert list(t.columns) == ['item', 'pseudo_label', 'confidence', 'margin'] and len(t) == 24
+    assert sorted(t.item) == sorted(str(f) for f in (folder/'unlabeled').iterdir()) and set(t.pseudo_label) <= {'red', 'blue'}
+    assert ((t.confidence >= 0.5) & (t.confidence <= 1) & (t.margin >= 0)).all()
+    todo = (tmp_path/'pl'/'to_label.txt').read_text().splitlines()
+    assert len(set(todo)) == 5 and all(Path(o).is_file() for o in todo)
+    assert set(todo) == set(t.sort_values('margin').item[:5]) or len(set(t.pseudo_label)) == 2   # lowest margins, or spread over both classes
+    assert 'pseudo-labeled 24 images' in capsys.readouterr().out
+
+def test_pseudo_label_errors(capsys, tmp_path, folder):
+    code,line = run_error(capsys, ['pseudo-label', '--model', str(tmp_path/'none.pkl'), '--data', str(folder/'unlabeled')])
+    assert code == 2 and '--model' in line and 'no file' in line, line
+    (tmp_path/'m.pkl').write_bytes(b'')
+    code,line = run_error(capsys, ['pseudo-label', '--model', str(tmp_path/'m.pkl'), '--data', str(tmp_path/'nope')])
+    assert code == 2 and '--data' in line and 'no folder' in line, line
+
+def test_help_says_how_steps_epochs_and_opt_divide_the_run(capsys):
+    with pytest.raises(SystemExit): main(['train', '--help'])
+    out = ' '.join(capsys.readouterr().out.split())
+    assert 'divided evenly into --epochs epochs' in out and 'one pass over the unlabeled images' in out
+    assert 'Nesterov momentum 0.9' in out and 'fit_flat_cos' in out and "fastai's Adam" in out and 'fit_one_cycle' in out
+    assert '--quiet' in out and 'one line per epoch' in out

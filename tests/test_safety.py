@@ -12,7 +12,9 @@ ALGOS = [('fixmatch', 'FixMatch', dict(flip=False)), ('mixmatch', 'MixMatch', di
          ('pimodel', 'PiModel', dict(flip=False)), ('vat', 'VAT', {}), ('uda', 'UDA', dict(flip=False)),
          ('flexmatch', 'FlexMatch', dict(flip=False)), ('freematch', 'FreeMatch', dict(flip=False)),
          ('adamatch', 'AdaMatch', dict(flip=False)), ('softmatch', 'SoftMatch', dict(flip=False)),
-         ('dash', 'Dash', dict(flip=False)), ('defixmatch', 'DeFixMatch', dict(flip=False))]
+         ('dash', 'Dash', dict(flip=False)), ('defixmatch', 'DeFixMatch', dict(flip=False)),
+         ('remixmatch', 'ReMixMatch', dict(flip=False)), ('simmatch', 'SimMatch', dict(flip=False)),
+         ('comatch', 'CoMatch', dict(flip=False)), ('crmatch', 'CRMatch', dict(flip=False))]
 
 def make_cb(algo, u_dl, **kwargs):
     mod,cls,args = algo
@@ -149,7 +151,17 @@ BAD_ARGS = [('MixMatch', dict(T=0), '`T` must be > 0'), ('MixMatch', dict(K=0), 
             ('SoftMatch', dict(thresh=0.9), 'remove `thresh`'), ('Dash', dict(gamma=1), '`gamma` must be > 1'), ('Dash', dict(C=0), '`C` must be > 0'),
             ('Dash', dict(rho_min=0), '`rho_min` must be > 0'), ('Dash', dict(warmup=1), '`warmup` must be in [0, 1)'),
             ('Dash', dict(period=0), '`period` must be in (0, 1]'), ('Dash', dict(thresh=0.9), 'remove `thresh`'),
-            ('DeFixMatch', dict(thresh=0), '`thresh` must be in (0, 1]'), ('DeFixMatch', dict(T=0), '`T` must be > 0')] + \
+            ('DeFixMatch', dict(thresh=0), '`thresh` must be in (0, 1]'), ('DeFixMatch', dict(T=0), '`T` must be > 0'),
+            ('ReMixMatch', dict(T=0), '`T` must be > 0'), ('ReMixMatch', dict(K=0), '`K` must be an int >= 1'),
+            ('ReMixMatch', dict(alpha=0), '`alpha` must be > 0'), ('ReMixMatch', dict(lambda_kl=-1), '`lambda_kl` must be >= 0'),
+            ('ReMixMatch', dict(lambda_rot=-1), '`lambda_rot` must be >= 0'), ('ReMixMatch', dict(da='labeled'), '`da` must be True, False or a `DistAlign`'),
+            ('SimMatch', dict(thresh=0), '`thresh` must be in (0, 1]'), ('SimMatch', dict(T=0), '`T` must be > 0'),
+            ('SimMatch', dict(alpha=1.5), '`alpha` must be in [0, 1]'), ('SimMatch', dict(lambda_in=-1), '`lambda_in` must be >= 0'),
+            ('SimMatch', dict(K=0), '`K` must be an int >= 1'), ('SimMatch', dict(proj=0), '`proj` must be an int >= 1'),
+            ('CoMatch', dict(thresh=2), '`thresh` must be in (0, 1]'), ('CoMatch', dict(lambda_c=-1), '`lambda_c` must be >= 0'),
+            ('CoMatch', dict(contrast_thresh=1.5), '`contrast_thresh` must be in [0, 1]'), ('CoMatch', dict(queue=0), '`queue` must be an int >= 1'),
+            ('CRMatch', dict(thresh=0), '`thresh` must be in (0, 1]'), ('CRMatch', dict(lambda_rot=-1), '`lambda_rot` must be >= 0'),
+            ('CRMatch', dict(lambda_ds=-1), '`lambda_ds` must be >= 0'), ('CRMatch', dict(feats=3), '`feats` must be a module of the model')] + \
            [(cls, dict(lambda_u=v), '`lambda_u` must be >= 0') for _,cls,_ in ALGOS for v in (-1., float('nan'))] + \
            [(cls, dict(ramp=0.5), '`ramp` must be a callable') for _,cls,_ in ALGOS]
 
