@@ -1,0 +1,72 @@
+"""Operators dispatched per training step of each algorithm: a CPU-side proxy for the kernel launches of a GPU step.
+
+Counted with a `TorchDispatchMode` around whole training steps (from the first `before_batch` to `after_step`) of a
+`Learner` on the bundled digits (small CNN, batch 16, mu=7, Adam), after one warm-up step; each operator the step
+dispatches (views, forward, losses, backward, optimizer) counts once. On a CUDA device most of them become one kernel
+launch each, so fewer operators per step is a faster step where launches, not arithmetic, bound it (issue 17). The counts
+do not depend on the machine's load. Usage:
+
+    python benchmarks/ops.py --json benchmarks/results/ops_cpu.json
+"""
+import argparse, json, platform, statistics, warnings
+warnings.filterwarnings('ignore')
+from collections import Counter
+from pathlib import Path
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from fastai.vision.all import *
+from fastai_ssl.all import *
+from fastai_ssl.cli import ALGOS, available_algos, _callbacks
+
+class CountOps(TorchDispatchMode):
+    "Count the operators dispatched while active, by name"
+    def __init__(self): super().__init__(); self.ops = Counter()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+class StepOps(Callback):
+    "Operators dispatched by each training step, from before every other callback's `before_batch` to the end of `after_step`"
+    order = -100
+    def before_fit(self): self.steps = []
+    def before_batch(self):
+        if not self.training: return
+        self.mode = CountOps()
+        self.mode.__enter__()
+    def after_step(self):
+        if getattr(self, 'mode', None) is None: return
+        self.mode.__exit__(None, None, None)
+        self.steps.append(self.mode.ops)
+        self.mode = None
+    def after_cancel_batch(self): self.after_step()
+
+def count(algo:str, steps:int=4):
+    "Median operators per step of `algo` ('supervised' or a name in `ALGOS`) over `steps` steps after one warm-up step, and the most frequent operators"
+    set_seed(0)
+    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=7)
+    cbs = _callbacks(algo, u_dl, flip=False)   # the callback with its defaults, no flips on digits
+    probe = StepOps()
+    learn = Learner(dls, small_cnn(), cbs=cbs + [probe])
+    dls.train = with_steps(dls.train, steps+1)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    totals = [sum(o.values()) for o in probe.steps[1:]]
+    return dict(algo=algo, ops_per_step=int(statistics.median(totals)), steps=totals, top=probe.steps[-1].most_common(8))
+
+def main(algos=None, fname=None):
+    rows = [count(a) for a in algos or ['supervised', *available_algos()]]
+    base = rows[0]['ops_per_step'] if rows[0]['algo'] == 'supervised' else None
+    print(f"{'method':<12}{'ops/step':>10}{'× supervised':>14}  most frequent")
+    for r in rows:
+        rel = f"{r['ops_per_step']/base:.1f}" if base else ''
+        print(f"{r['algo']:<12}{r['ops_per_step']:>10}{rel:>14}  {', '.join(f'{k} {v}' for k,v in r['top'][:5])}")
+    if fname: Path(fname).write_text(json.dumps(dict(
+        command=f'python benchmarks/ops.py --json {fname}', setup='digits, small_cnn, bs 16, mu 7, Adam; median of 4 steps after 1 warm-up',
+        torch=torch.__version__, python=platform.python_version(), rows=rows), indent=1))
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--algos', nargs='+', choices=['supervised', *ALGOS])
+    p.add_argument('--json')
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    main(a.algos, a.json)
