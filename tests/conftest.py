@@ -12,6 +12,21 @@ def digits():
     set_seed(0)
     return digits_dls(n_per_class=5, bs=16, mu=2)
 
+SEEDS = (0, 1)   # the seeds of the slow "beats supervised" tests
+
+@pytest.fixture(scope='module')
+def supervised():
+    "Supervised accuracy on digits (5 labels per class, 120 steps) for each of `SEEDS`"
+    from fastai_ssl.cli import train_digits
+    return [train_digits('supervised', 5, 40, s)['accuracy'] for s in SEEDS]
+
+def assert_beats_supervised(make, supervised, margin):
+    "The callback `make(u_dl)` beats `supervised` on digits for each of `SEEDS`, and by `margin` on their mean"
+    from fastai_ssl.cli import train_digits
+    acc = [train_digits(make, 5, 40, s)['accuracy'] for s in SEEDS]
+    assert all(a > s for a,s in zip(acc, supervised)), (supervised, acc)
+    assert np.mean(acc) - np.mean(supervised) >= margin, (supervised, acc)
+
 def quiet_fit(learn, *args, one_cycle=False, **kwargs):
     with learn.no_bar(), learn.no_logging():
         (learn.fit_one_cycle if one_cycle else learn.fit)(*args, **kwargs)

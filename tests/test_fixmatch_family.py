@@ -10,15 +10,11 @@ from fastai_ssl.softmatch import *
 from fastai_ssl.dash import *
 from fastai_ssl.defixmatch import *
 from fastai_ssl.cli import train_digits
-from conftest import quiet_fit
+from conftest import quiet_fit, assert_beats_supervised
 
 ALGOS = dict(adamatch=lambda u: AdaMatch(u, flip=False), softmatch=lambda u: SoftMatch(u, flip=False),
              dash=lambda u: Dash(u, flip=False), defixmatch=lambda u: DeFixMatch(u, flip=False))
-SEEDS = (0, 1)
 
-@pytest.fixture(scope='module')
-def supervised():
-    return [train_digits('supervised', 5, 40, s)['accuracy'] for s in SEEDS]
 
 # For the 120-step budget: SoftMatch with EMAs of momentum 0.9 (with the paper's 0.999 the Gaussian's mean stays near
 # 1/C, every pseudo-label gets weight 1 and training collapses: 0.552/0.446); the others with USB's defaults (no flips)
@@ -31,10 +27,7 @@ MARGINS = dict(adamatch=0.06, softmatch=0.06, dash=0.05, defixmatch=0.05)
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', list(BEAT))
-def test_beats_supervised(name, supervised):
-    acc = [train_digits(BEAT[name], 5, 40, s)['accuracy'] for s in SEEDS]
-    assert all(a > s for a,s in zip(acc, supervised)), (supervised, acc)
-    assert np.mean(acc) - np.mean(supervised) >= MARGINS[name], (supervised, acc)
+def test_beats_supervised(name, supervised): assert_beats_supervised(BEAT[name], supervised, MARGINS[name])
 
 def _ssl(learn): return first(c for c in learn.cbs if isinstance(c, SSLCallback))
 
