@@ -4,6 +4,7 @@ import pytest
 from torch.utils.data import DataLoader, TensorDataset
 from fastai.vision.all import *
 from fastai.vision.learner import _add_norm
+import fastai.callback.channelslast   # `Learner.to_channelslast`
 from fastai_ssl.all import *
 from conftest import quiet_fit
 from test_safety import ALGOS, make_cb
@@ -147,3 +148,13 @@ def test_strong_views_never_leave_the_pixel_range():
         set_seed(seed)
         s = StrongAug()(xn[:256])
         assert lo - 1e-4 <= s.min() and s.max() <= hi + 1e-4
+
+@pytest.mark.parametrize('setup', ['to_bf16', 'to_channelslast'])
+def test_mixed_precision_and_channels_last(setup):
+    "`Learner.to_bf16()` and `to_channelslast()` change neither the unlabeled preprocessing nor the views' statistics"
+    dls,u_dl = path_dls('Normalize added after unlabeled_dl')
+    probe = FirstStep()
+    learn = getattr(Learner(dls, small_cnn(), cbs=[FixMatch(u_dl, flip=False), probe]), setup)()
+    quiet_fit(learn, 1, 1e-3)
+    test_eq(len(probe.views), 2)
+    assert_like_labeled(probe.lab, probe.views)
