@@ -47,5 +47,6 @@ class SoftMatch(FixMatch):
         self._update(conf, probs.shape[1])
         w = self.weights(conf)
         self.log_stats(mask=w.mean(), thresh=self.mu)
+        self.log_step(sigma=self.var.sqrt())   # σ_t, the confidences' running std (the weights' Gaussian has σ_t/n_sigma), per step in `history`
         self.log_pseudo(pl, w)
         return masked_ce(p_strong, pl, w)
