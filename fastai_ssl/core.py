@@ -188,7 +188,7 @@ _nan_msg = "the unlabeled loss is NaN or infinite: check the unlabeled images fo
 class SSLCallback(Callback):
     "Base of the semi-supervised callbacks: one forward pass over labeled + unlabeled, `weight * Lu` added to the loss"
     order,run_valid = Recorder.order+1,False
-    _stateattrs = ('u_dl','stream','_pending','_stats','pred_u','y_u','teacher','_student','prep')
+    _stateattrs = ('u_dl','stream','_pending','_stats','_steps','_hist','pred_u','y_u','teacher','_student','prep')
     n_views = (1,)    # how many image tensors per batch the unlabeled loader may yield
     stat_names = ()   # the algorithm's own statistics, shown per epoch after `Lx` and `Lu`
     ssl_attrs = {}    # the algorithm's own training state, saved by `learn.save`: {attribute: its value before training}
@@ -202,6 +202,7 @@ class SSLCallback(Callback):
         if eval_teacher and ema is None: raise ValueError("`eval_teacher=True` needs a teacher: pass `ema`, e.g. `ema=0.999`")
         store_attr()
         self.stream,self._pending,self.has_labels,self.teacher,self._student,self.step,self.prep = None,None,None,None,None,0,None
+        self._stats,self._steps,self._n = {},{},0
         for k,v in self.ssl_attrs.items(): setattr(self, k, v)
 
     def _init_state(self):
