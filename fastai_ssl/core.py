@@ -139,6 +139,8 @@ class Preprocess:
         for m,s in self._stats(y.device): y = (y-m)/s
         return y
 
+_nan_pixels_msg = "`u_dl` yields NaN or infinite pixel values: clean or drop those unlabeled images"
+
 def _stats(x):
     "Per-channel minimum, maximum and mean of an image batch `(B, C, ...)`, as a `(3, C)` float tensor on its device"
     t = x.detach().as_subclass(Tensor).float().transpose(0, 1).flatten(1)
@@ -166,9 +168,9 @@ def unlabeled_prep(u_dl, dls, u:Tensor, x:Tensor)->Preprocess:
     finite = torch.isfinite(u).all() if u.is_floating_point() else torch.tensor(True, device=u.device)
     parts = [_stats(x), _stats(prep(u)), *([_stats(cand(u))] if cand else [])]
     vals = torch.cat([finite.float().view(1), *[o.flatten() for o in parts]]).tolist()   # the one host read
-    if not vals[0]: raise ValueError("`u_dl` yields NaN or infinite pixel values: clean or drop those unlabeled images")
-    c = x.shape[1]
-    sx,su,sc = [[vals[1+3*c*i+c*j:1+3*c*i+c*(j+1)] for j in range(3)] for i in range(len(parts))] + [None]*(3-len(parts))
+    if not vals[0]: raise ValueError(_nan_pixels_msg)
+    sx,su,*sc = np.array(vals[1:]).reshape(len(parts), 3, -1).tolist()   # per part: (min, max, mean) per channel
+    sc = sc[0] if sc else None
     inside = lambda s: min(s[0]) >= -1e-3 and max(s[1]) <= 1+1e-3
     if sc is not None and inside(su) and not inside(sx): prep,su = cand,sc
     if u.dtype == x.dtype or prep: check_scale(sx, su, len(x))
@@ -182,7 +184,13 @@ def is_missing_label(o)->bool:
     return isinstance(o, numbers.Number) and o != o
 
 # %% ../nbs/00_core.ipynb #3e0e080c
-def _width(vals): return max(v.numel() if isinstance(v, Tensor) else 1 for v in vals.values())
+def _as_stat(v): return v.detach().float().as_subclass(Tensor) if isinstance(v, Tensor) else float(v)
+
+def _column(vals:dict, n:int, dev)->Tensor:
+    "One statistic's per-step values `{step: value}` as an `(n, width)` float tensor on `dev`, NaN where a step logged none"
+    w = max(v.numel() if isinstance(v, Tensor) else 1 for v in vals.values())
+    return torch.stack([torch.as_tensor(vals.get(i, math.nan), device=dev).float().flatten().expand(w) for i in range(n)])
+
 _nan_msg = "the unlabeled loss is NaN or infinite: check the unlabeled images for NaN/inf, or lower the learning rate or `lambda_u`"
 
 class SSLCallback(Callback):
@@ -269,7 +277,7 @@ class SSLCallback(Callback):
         if first_step: self.prep = unlabeled_prep(self.u_dl, self.dls, b[0], self.x)   # checked: one host read a fit
         views,self.y_u = parse_unlabeled([*map(ifnone(self.prep, noop), b), *L(y)], self.x, self.n_views)
         if self._n == 0 and not first_step and views[0].is_floating_point() and not torch.isfinite(views[0]).all():   # one sync an epoch
-            raise ValueError("`u_dl` yields NaN or infinite pixel values: clean or drop those unlabeled images")
+            raise ValueError(_nan_pixels_msg)
         with torch.no_grad(): xs = self.unlabeled_views(views)
         self.n_l,self.sizes_u = find_bs(self.xb),[len(o) for o in xs]
         self.learn.xb = (torch.cat([self.x, *xs]),)
@@ -305,13 +313,16 @@ class SSLCallback(Callback):
 
     def log_stats(self, **stats):
         "Accumulate per-batch statistics on the device (no host sync): shown as epoch means, and per step in `history`"
-        stats = {k:v.detach().float().as_subclass(Tensor) for k,v in stats.items()}
+        stats = {k:_as_stat(v) for k,v in stats.items()}
         for k,v in stats.items(): self._stats[k] = self._stats.get(k, 0.) + v
-        self.log_step(**stats)
+        self._keep(stats)
 
     def log_step(self, **stats):
         "Keep per-step values (numbers, or tensors of one or more values) for `history` only, on their device until the epoch ends"
-        for k,v in stats.items(): self._steps.setdefault(k, {})[self._n] = v.detach().float().as_subclass(Tensor).flatten() if isinstance(v, Tensor) else float(v)
+        self._keep({k:_as_stat(v) for k,v in stats.items()})
+
+    def _keep(self, stats):
+        for k,v in stats.items(): self._steps.setdefault(k, {})[self._n] = v
 
     def log_pseudo(self, labels:Tensor, mask:Tensor|None=None):
         "Record the accuracy of pseudo-`labels` (over `mask`ed items if given) when the loader carries hidden labels"
@@ -345,8 +356,7 @@ class SSLCallback(Callback):
             if k in self._stats: t[i] = self._stats[k]
         if _ddp(): torch.distributed.all_reduce(t)
         keys = [k for k in self.metric_names if k in self._steps] + [k for k in self._steps if k not in self.metric_names]
-        steps = {k:torch.stack([torch.as_tensor(v[n] if n in v else math.nan, device=dev).float().flatten().expand(_width(v)) for n in range(self._n)])
-                 for k in keys if self._n for v in [self._steps[k]]}
+        steps = {k:_column(self._steps[k], self._n, dev) for k in keys} if self._n else {}
         flat = torch.cat([t[:-1]/t[-1], *[o.flatten() for o in steps.values()]]).tolist()
         self._add_history({k:o.shape for k,o in steps.items()}, flat[len(self.metric_names):])
         return flat[:len(self.metric_names)]
