@@ -27,6 +27,15 @@ def assert_beats_supervised(make, supervised, margin):
     assert all(a > s for a,s in zip(acc, supervised)), (supervised, acc)
     assert np.mean(acc) - np.mean(supervised) >= margin, (supervised, acc)
 
+def ssl_cb(learn):
+    "The Learner's SSL callback"
+    return first(c for c in learn.cbs if isinstance(c, SSLCallback))
+
+def digits_learner(digits, cb, path=None):
+    "A `small_cnn` Learner on the `digits` fixture's loaders with the callback `cb(u_dl)`"
+    dls,u_dl = digits
+    return Learner(dls, small_cnn(), metrics=accuracy, path=path or Path(tempfile.mkdtemp()), cbs=cb(u_dl))
+
 def quiet_fit(learn, *args, one_cycle=False, **kwargs):
     with learn.no_bar(), learn.no_logging():
         (learn.fit_one_cycle if one_cycle else learn.fit)(*args, **kwargs)

@@ -10,7 +10,7 @@ from fastai_ssl.simmatch import SimMatch
 from fastai_ssl.comatch import CoMatch
 from fastai_ssl.crmatch import CRMatch
 from fastai_ssl.cli import train_digits
-from conftest import quiet_fit, assert_beats_supervised
+from conftest import quiet_fit, assert_beats_supervised, ssl_cb
 
 ALGOS = dict(remixmatch=lambda u, **kw: ReMixMatch(u, flip=False, **kw), simmatch=lambda u, **kw: SimMatch(u, flip=False, **kw),
              comatch=lambda u, **kw: CoMatch(u, flip=False, **kw), crmatch=lambda u, **kw: CRMatch(u, flip=False, **kw))
@@ -30,7 +30,6 @@ MARGINS = dict(remixmatch=0.08, simmatch=0.03, comatch=0.07, crmatch=0.02)
 @pytest.mark.parametrize('name', list(BEAT))
 def test_beats_supervised(name, supervised): assert_beats_supervised(BEAT[name], supervised, MARGINS[name])
 
-def _ssl(learn): return first(c for c in learn.cbs if isinstance(c, SSLCallback))
 def _learn(digits, name, path=None, model=None, **kwargs):
     dls,u_dl = digits
     return Learner(dls, ifnone(model, small_cnn()), metrics=accuracy, path=path or Path(tempfile.mkdtemp()), cbs=ALGOS[name](u_dl, **kwargs))
@@ -41,14 +40,14 @@ algos = pytest.mark.parametrize('name', list(ALGOS))
 @algos
 def test_heads_trained_saved_loaded(name, digits, tmp_path):
     learn = _learn(digits, name, tmp_path)
-    cb = _ssl(learn)
+    cb = ssl_cb(learn)
     before = _heads(cb)
     quiet_fit(learn, 2, 1e-2)   # 6 steps: SimMatch's labeled bank is full after 4
     assert cb.heads is not None and len(cb.heads) and set(_opt_ids(learn)) >= {id(p) for p in cb.heads.parameters()}
     assert any(not torch.equal(before[k], v) for k,v in cb.heads.state_dict().items())   # the Learner's optimizer trains them
     learn.save('ckpt', with_opt=True)
     learn2 = _learn(digits, name, tmp_path).load('ckpt', with_opt=True)
-    cb2 = _ssl(learn2)
+    cb2 = ssl_cb(learn2)
     for k,v in cb.heads.state_dict().items(): test_eq(cb2.heads.state_dict()[k], v)
     p,p2 = list(cb.heads.parameters())[-1],list(cb2.heads.parameters())[-1]
     test_eq(learn2.opt.state[p2]['grad_avg'], learn.opt.state[p]['grad_avg'])
@@ -77,14 +76,14 @@ def test_heads_added_to_an_existing_optimizer(digits):
 @pytest.mark.parametrize('name,size', [('simmatch', 50), ('comatch', 5*(16+32))])
 def test_banks_fill_and_roll(name, size, digits, tmp_path):
     learn = _learn(digits, name, tmp_path)
-    cb = _ssl(learn)
+    cb = ssl_cb(learn)
     per_step = 16 if name == 'simmatch' else 16 + 32
     quiet_fit(learn, 1, 1e-2)   # 3 steps
     test_eq((cb.bank.size, cb.bank.n, cb.bank.ptr), (size, min(3*per_step, size), 3*per_step % size))
     quiet_fit(learn, 2, 1e-2)   # 9 steps: full, rolled over
     test_eq((cb.bank.n, cb.bank.ptr), (size, 9*per_step % size))
     learn.save('ckpt')
-    cb2 = _ssl(_learn(digits, name, tmp_path).load('ckpt'))
+    cb2 = ssl_cb(_learn(digits, name, tmp_path).load('ckpt'))
     for a,b in zip(cb2.bank.get(), cb.bank.get()): test_eq(a, b)
     test_eq((cb2.bank.ptr, cb2.bank.n), (cb.bank.ptr, cb.bank.n))
     test_eq(cb2.p_model, cb.p_model)
@@ -96,7 +95,7 @@ def test_export_drops_heads_and_banks(name, digits, tmp_path):
     model = learn.model
     learn.export('x.pkl')
     assert all(not m._forward_hooks for m in model.modules())
-    cb = pickle.loads(pickle.dumps(_ssl(learn)))
+    cb = pickle.loads(pickle.dumps(ssl_cb(learn)))
     test_eq((cb.heads, cb.u_dl), (None, None))
     for n in cb.bank_names: test_eq(getattr(cb, n).n, 0)
     learn2 = load_learner(tmp_path/'x.pkl')
@@ -107,7 +106,7 @@ class Reseed(Callback):
     order = -20
     def before_epoch(self):
         set_seed(100 + self.epoch)
-        for dl in (self.dls.train, _ssl(self.learn).u_dl): dl.rng = random.Random(self.epoch)
+        for dl in (self.dls.train, ssl_cb(self.learn).u_dl): dl.rng = random.Random(self.epoch)
 
 class StopAfter(Callback):
     def __init__(self, n): self.n = n
@@ -125,7 +124,7 @@ def test_resume_keeps_heads_and_banks(name, tmp_path):
     part = quiet_fit(mk(), 4, 3e-3, one_cycle=True, cbs=StopAfter(2))
     part.save('half', with_opt=True)
     resumed = quiet_fit(mk(seed=1).load('half', with_opt=True), 4, 3e-3, one_cycle=True, start_epoch=2)
-    a,b = _ssl(resumed),_ssl(full)
+    a,b = ssl_cb(resumed),ssl_cb(full)
     for x,y in zip(resumed.model.parameters(), full.model.parameters()): assert torch.allclose(x, y, atol=1e-5)
     for k,v in b.heads.state_dict().items(): assert torch.allclose(a.heads.state_dict()[k], v, atol=1e-5), k
     for n in a.bank_names:
@@ -154,7 +153,7 @@ def test_bf16_autocast_finite(name, digits):
 
 def test_lr_find_restores_heads(digits):
     learn = _learn(digits, 'comatch')
-    cb = _ssl(learn)
+    cb = ssl_cb(learn)
     before = _heads(cb)
     with learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=4, show_plot=False)
     for k,v in before.items(): test_eq(cb.heads.state_dict()[k], v)

@@ -10,7 +10,7 @@ from fastai_ssl.softmatch import *
 from fastai_ssl.dash import *
 from fastai_ssl.defixmatch import *
 from fastai_ssl.cli import train_digits
-from conftest import quiet_fit, assert_beats_supervised
+from conftest import quiet_fit, assert_beats_supervised, ssl_cb, digits_learner
 
 ALGOS = dict(adamatch=lambda u: AdaMatch(u, flip=False), softmatch=lambda u: SoftMatch(u, flip=False),
              dash=lambda u: Dash(u, flip=False), defixmatch=lambda u: DeFixMatch(u, flip=False))
@@ -29,11 +29,6 @@ MARGINS = dict(adamatch=0.06, softmatch=0.06, dash=0.05, defixmatch=0.05)
 @pytest.mark.parametrize('name', list(BEAT))
 def test_beats_supervised(name, supervised): assert_beats_supervised(BEAT[name], supervised, MARGINS[name])
 
-def _ssl(learn): return first(c for c in learn.cbs if isinstance(c, SSLCallback))
-
-def _learn(digits, cb, path=None):
-    dls,u_dl = digits
-    return Learner(dls, small_cnn(), metrics=accuracy, path=path or Path(tempfile.mkdtemp()), cbs=cb(u_dl))
 
 def _state(cb): return {k: getattr(cb, k) for k in type(cb).ssl_attrs}
 
@@ -41,8 +36,8 @@ STATEFUL = ['adamatch', 'softmatch', 'dash']
 
 @pytest.mark.parametrize('name', STATEFUL)
 def test_state_moves_and_survives_save_load(name, digits):
-    learn = _learn(digits, ALGOS[name])
-    cb = _ssl(learn)
+    learn = digits_learner(digits, ALGOS[name])
+    cb = ssl_cb(learn)
     assert all(v is None for v in _state(cb).values())
     quiet_fit(learn, 1, 1e-2)
     first_state = {k: v.clone() for k,v in _state(cb).items()}
@@ -50,8 +45,8 @@ def test_state_moves_and_survives_save_load(name, digits):
     quiet_fit(learn, 1, 1e-2)
     if name != 'dash': assert any(not torch.equal(first_state[k], v) for k,v in _state(cb).items())   # ρ̂ is set once
     learn.save('ckpt')
-    learn2 = _learn(digits, ALGOS[name], path=learn.path).load('ckpt')
-    cb2 = _ssl(learn2)
+    learn2 = digits_learner(digits, ALGOS[name], path=learn.path).load('ckpt')
+    cb2 = ssl_cb(learn2)
     for k,v in _state(cb).items(): test_eq(getattr(cb2, k), v)
     test_eq(cb2.step, cb.step)
     quiet_fit(learn2, 1, 1e-2)   # training goes on from the restored state
@@ -59,17 +54,17 @@ def test_state_moves_and_survives_save_load(name, digits):
 
 @pytest.mark.parametrize('name', STATEFUL)
 def test_load_without_state_starts_afresh(name, digits):
-    learn = _learn(digits, ALGOS[name])
+    learn = digits_learner(digits, ALGOS[name])
     quiet_fit(learn, 1, 1e-2)
     learn.save('ckpt')
     (learn.path/'models'/'ckpt.ssl.pth').unlink()
-    assert all(v is None for v in _state(_ssl(learn.load('ckpt'))).values())
+    assert all(v is None for v in _state(ssl_cb(learn.load('ckpt'))).values())
 
 @pytest.mark.parametrize('name', STATEFUL)
 def test_export_drops_training_state(name, digits):
-    learn = _learn(digits, ALGOS[name])
+    learn = digits_learner(digits, ALGOS[name])
     quiet_fit(learn, 1, 1e-2)
-    cb = pickle.loads(pickle.dumps(_ssl(learn)))
+    cb = pickle.loads(pickle.dumps(ssl_cb(learn)))
     assert cb.u_dl is None and all(v is None for v in _state(cb).values())
 
 @pytest.mark.parametrize('name', list(ALGOS))
@@ -109,7 +104,7 @@ def test_defixmatch_sees_strong_labeled_views(digits):
     class Sizes(Callback):
         order = SSLCallback.order + 1
         def after_pred(self): self.seen = (self.learn.de_fix_match.n_l, self.learn.de_fix_match.sizes_u)
-    learn = _learn(digits, ALGOS['defixmatch'])
+    learn = digits_learner(digits, ALGOS['defixmatch'])
     sz = Sizes()
     quiet_fit(learn, 1, 1e-2, cbs=sz)
     n_l,sizes = sz.seen

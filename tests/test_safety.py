@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 from fastai.vision.all import *
 from fastai_ssl.all import *
-from conftest import quiet_fit
+from conftest import quiet_fit, ssl_cb
 
 # (module, class, arguments for digits): every algorithm of the package, each run by the tests below
 ALGOS = [('fixmatch', 'FixMatch', dict(flip=False)), ('mixmatch', 'MixMatch', dict(flip=False)),
@@ -41,7 +41,6 @@ def _learner(algo, path, seed=0):
     dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2)
     return Learner(dls, small_cnn(), metrics=accuracy, path=path, cbs=[make_cb(algo, u_dl, ema=0.9), Reseed()])
 
-def _ssl(learn): return first(cb for cb in learn.cbs if isinstance(cb, SSLCallback))
 def _weights(learn): return torch.cat([p.detach().flatten() for p in learn.model.parameters()])
 
 @algos
@@ -51,8 +50,8 @@ def test_resume_matches_uninterrupted(algo, tmp_path):
     part = quiet_fit(_learner(algo, tmp_path), 4, 3e-3, one_cycle=True, cbs=StopAfter(2))
     part.save('half', with_opt=True)
     resumed = _learner(algo, tmp_path, seed=1).load('half', with_opt=True)
-    cb,cb_full = _ssl(resumed),_ssl(full)
-    assert cb.step == _ssl(part).step == 6
+    cb,cb_full = ssl_cb(resumed),ssl_cb(full)
+    assert cb.step == ssl_cb(part).step == 6
     quiet_fit(resumed, 4, 3e-3, one_cycle=True, start_epoch=2)
     assert cb.step == cb_full.step == 12
     assert torch.allclose(_weights(resumed), _weights(full), atol=1e-5)

@@ -8,7 +8,7 @@ from fastai_ssl.uda import *
 from fastai_ssl.flexmatch import *
 from fastai_ssl.freematch import *
 from fastai_ssl.cli import train_digits
-from conftest import quiet_fit, assert_beats_supervised
+from conftest import quiet_fit, assert_beats_supervised, ssl_cb, digits_learner
 
 ALGOS = dict(uda=lambda u: UDA(u, flip=False), flexmatch=lambda u: FlexMatch(u, flip=False),
              freematch=lambda u: FreeMatch(u, flip=False))
@@ -29,16 +29,11 @@ MARGINS = dict(uda=0.06, flexmatch=0.04, freematch=0.03)
 @pytest.mark.parametrize('name', list(BEAT))
 def test_beats_supervised(name, supervised): assert_beats_supervised(BEAT[name], supervised, MARGINS[name])
 
-def _ssl(learn): return first(c for c in learn.cbs if isinstance(c, SSLCallback))
-
-def _learn(digits, cb, path=None):
-    dls,u_dl = digits
-    return Learner(dls, small_cnn(), metrics=accuracy, path=path or Path(tempfile.mkdtemp()), cbs=cb(u_dl))
 
 @pytest.mark.parametrize('name', ['flexmatch', 'freematch'])
 def test_thresholds_move_and_survive_save_load(name, digits):
-    learn = _learn(digits, ALGOS[name])
-    cb = _ssl(learn)
+    learn = digits_learner(digits, ALGOS[name])
+    cb = ssl_cb(learn)
     test_eq(cb.thresholds, None)
     quiet_fit(learn, 1, 1e-2)
     first = cb.thresholds.clone()
@@ -48,8 +43,8 @@ def test_thresholds_move_and_survive_save_load(name, digits):
     thresh = learn.recorder.values[-1][learn.recorder.metric_names.index('thresh')-1]
     assert 0 <= thresh <= 1
     learn.save('ckpt')
-    learn2 = _learn(digits, ALGOS[name], path=learn.path).load('ckpt')
-    cb2 = _ssl(learn2)
+    learn2 = digits_learner(digits, ALGOS[name], path=learn.path).load('ckpt')
+    cb2 = ssl_cb(learn2)
     test_eq(cb2.thresholds, cb.thresholds)
     test_eq(cb2.step, cb.step)
     quiet_fit(learn2, 1, 1e-2)   # training goes on from the restored state
@@ -57,25 +52,25 @@ def test_thresholds_move_and_survive_save_load(name, digits):
 
 @pytest.mark.parametrize('name', ['flexmatch', 'freematch'])
 def test_load_without_state_starts_afresh(name, digits):
-    learn = _learn(digits, ALGOS[name])
+    learn = digits_learner(digits, ALGOS[name])
     quiet_fit(learn, 1, 1e-2)
     learn.save('ckpt')
     (learn.path/'models'/'ckpt.ssl.pth').unlink()
-    test_eq(_ssl(learn.load('ckpt')).thresholds, None)
+    test_eq(ssl_cb(learn.load('ckpt')).thresholds, None)
 
 def test_export_drops_training_state(digits):
-    learn = _learn(digits, ALGOS['flexmatch'])
+    learn = digits_learner(digits, ALGOS['flexmatch'])
     quiet_fit(learn, 1, 1e-2)
     cb = pickle.loads(pickle.dumps(learn.flex_match))
     test_eq((cb.classes, cb.u_dl), (None, None))
-    learn = _learn(digits, ALGOS['freematch'])
+    learn = digits_learner(digits, ALGOS['freematch'])
     quiet_fit(learn, 1, 1e-2)
     test_eq(pickle.loads(pickle.dumps(learn.free_match)).time_p, None)
 
 @pytest.mark.parametrize('name', list(ALGOS) + ['uda_tsa'])
 def test_bf16_autocast_cpu(name, digits):
     make = ALGOS.get(name, lambda u: UDA(u, flip=False, tsa='log'))
-    learn = _learn(digits, make)
+    learn = digits_learner(digits, make)
     with torch.autocast('cpu', dtype=torch.bfloat16): quiet_fit(learn, 1, 1e-2)
     assert all(math.isfinite(v) for v in learn.recorder.values[-1]), learn.recorder.values
     assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
