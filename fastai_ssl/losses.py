@@ -57,8 +57,9 @@ def masked_ce(logits:Tensor, labels:Tensor, mask:Tensor):
 
 # %% ../nbs/05_losses.ipynb #4fc06d52
 def _beta(alpha, n, device):
-    a = torch.tensor(float(alpha), device=device)
-    return torch.distributions.Beta(a, a).sample((n,))
+    "`n` draws of Beta(`alpha`, `alpha`) on `device`, without a host sync: the parameter filled there (not copied from the host), no argument validation (its `.all()` reads back; `mix_up` checks `alpha`)"
+    a = torch.full((), float(alpha), device=device)
+    return torch.distributions.Beta(a, a, validate_args=False).sample((n,))
 
 def mix_up(x:Tensor, y:Tensor, alpha:float=0.75, perm:Tensor|None=None, keep_first:bool=True, per_item:bool=True):
     "Mix `x` and targets `y` with a shuffled copy (`perm`) by λ ~ Beta(`alpha`, `alpha`), with λ = max(λ, 1−λ) if `keep_first`"
