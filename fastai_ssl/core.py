@@ -235,6 +235,9 @@ class SSLCallback(Callback):
         self._restore_student()
         if hasattr(self.learn, 'gather_preds') or self.u_dl is None: return   # `get_preds`, `predict`, or an exported Learner
         self._check_vocab()
+        if _ddp() and not getattr(self, '_rank_seeded', False):   # each process draws its own views (and CUDA graph replays) from its own seed
+            torch.manual_seed(torch.initial_seed() + rank_distrib())
+            self._rank_seeded = True
         self._hist,self.prep = [],None   # `prep`: how unlabeled batches reach the labeled preprocessing, chosen at the first step
         if self.stream is None or self.stream.dl is not self.u_dl:
             self.stream = UnlabeledStream(self.u_dl)

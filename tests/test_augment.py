@@ -2,6 +2,7 @@
 import numpy as np, pytest, torch
 from PIL import Image, ImageOps
 from fastai.vision.all import PILImage, PILImageBW, Learner, accuracy
+from fastcore.test import test_fail
 import fastai_ssl.augment as A
 from fastai_ssl.augment import *
 from fastai_ssl.data import digits_dls
@@ -122,7 +123,7 @@ def test_pil_views(u8, mode):
     assert WeakStrong(n=0, cutout=0., flip=False, translate=0.)(im)[1].tobytes() == im.tobytes()
 
 def test_worker_views_feed_fixmatch():
-    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2)
+    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2, resident=False)
     v_dl = worker_views(u_dl, WeakStrong(flip=False))
     w,s,y = v_dl.one_batch()
     assert w.shape == s.shape == (32, 1, 8, 8) and y.shape == (32,)
@@ -138,8 +139,14 @@ def test_kornia_reference(u8):
     params = ra.forward_parameters(x.shape)
     assert len(params) == 2                                   # two ops, for the whole batch
 
+def test_resident_loader_has_no_worker_views():
+    "Images decoded on the device: the callback makes the views on the batch; asking for worker views says how to get them"
+    u_dl = digits_dls(n_per_class=5, bs=16, mu=2)[1]
+    assert u_dl.resident and cpu_views(u_dl, 'cpu') is u_dl
+    test_fail(lambda: worker_views(u_dl), contains='resident=False')
+
 def test_cpu_views_default():
-    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2)
+    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2, resident=False)
     assert cpu_views(u_dl, 'cuda') is u_dl
     v_dl = cpu_views(u_dl, 'cpu', flip=False)
     assert len(v_dl.one_batch()) == 3 and cpu_views(v_dl, 'cpu') is v_dl
