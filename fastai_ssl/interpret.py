@@ -104,6 +104,7 @@ def _eval_dl(learn, src, with_labels:bool=False, bs:int|None=None):
 def _labeled_counts(dls, n_cls):
     "How many labeled training items each class has, or `None` if `dls` does not say (an exported Learner)"
     ds = getattr(dls, 'train_ds', None)
+    ds = getattr(ds, 'src', ds)   # decoded on the device: the `Datasets` it came from
     if not isinstance(ds, Datasets) or not len(ds) or len(ds.tfms) <= ds.n_inp: return None
     ys = [int(ds.tfms[ds.n_inp](o)) for o in ds.items]
     return np.bincount(ys, minlength=n_cls)

@@ -35,12 +35,13 @@ def _worker(rank, world, port, algo, out):
     dls.c = 2
     xu,_ = synth(256, seed=1)
     u_dl = TfmdDL([(xu[i], tensor(i)) for i in range(len(xu))], bs=16, shuffle=True, num_workers=0)   # indices ride as hidden labels
-    cb = dict(fixmatch=FixMatch(u_dl, flip=False, ema=0.9), meanteacher=MeanTeacher(u_dl, flip=False))[algo]
+    if algo.endswith('resident'): u_dl = resident_dl(u_dl)   # the items decoded once, each batch one index
+    cb = FixMatch(u_dl, flip=False, ema=0.9) if algo.startswith('fixmatch') else MeanTeacher(u_dl, flip=False)
     learn = Learner(dls, small_cnn(n_out=2), loss_func=CrossEntropyLossFlat(), cbs=[cb, DrawLog()])
     with learn.distrib_ctx(sync_bn=False, cpu=True), learn.no_bar(), learn.no_logging(): learn.fit(4, 3e-3)
     teacher = torch.cat([t.flatten().float() for t in cb.teacher.state_dict().values()])
     res = [None]*world
-    torch.distributed.all_gather_object(res, dict(draws=learn.draw_log.draws, teacher=teacher, values=learn.recorder.values,
+    torch.distributed.all_gather_object(res, dict(draws=learn.draw_log.draws, teacher=teacher, values=learn.recorder.values, seed=torch.initial_seed(),
                                                   model=torch.cat([p.detach().flatten() for p in learn.model.parameters()])))
     if rank == 0:
         Path(out).write_text(json.dumps(dict(
@@ -49,6 +50,7 @@ def _worker(rank, world, port, algo, out):
             same_teacher=bool(torch.equal(res[0]['teacher'], res[1]['teacher'])),
             same_model=bool(torch.equal(res[0]['model'], res[1]['model'])),
             same_metrics=res[0]['values'] == res[1]['values'],
+            own_seeds=res[0]['seed'] != res[1]['seed'],
             values=[[float(v) for v in row] for row in res[0]['values']])))
     torch.distributed.destroy_process_group()
 
@@ -57,7 +59,7 @@ def _free_port():
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
-@pytest.mark.parametrize('algo', ['fixmatch', 'meanteacher'])
+@pytest.mark.parametrize('algo', ['fixmatch', 'meanteacher', 'fixmatch-resident'])
 def test_two_processes(algo, tmp_path):
     out = tmp_path/'res.json'
     mp.spawn(_worker, args=(2, _free_port(), algo, str(out)), nprocs=2)
@@ -65,5 +67,6 @@ def test_two_processes(algo, tmp_path):
     assert all(r['disjoint']) and r['n_drawn'] == [4*16, 4*16]   # 4 steps of 16 unlabeled items in each process, none shared
     assert r['same_teacher'] and r['same_model']
     assert r['same_metrics']   # Lx, Lu, … are means over both processes
+    assert r['own_seeds']      # each process draws its own views from its own seed
     losses = [v[0] for v in r['values']]
     assert all(math.isfinite(l) for l in losses) and losses[-1] < losses[0]

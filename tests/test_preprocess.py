@@ -81,7 +81,7 @@ def test_views_have_the_labeled_statistics(algo, path):
 def test_worker_pairs_get_a_normalize_added_later():
     "(weak, strong) pairs made with PIL in the loader's workers, then ImageNet-style `Normalize` added to `dls`: both views normalized"
     set_seed(0)
-    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2)
+    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2, resident=False)
     u_dl = worker_views(u_dl, WeakStrong(flip=False))
     _add_normalize(dls)
     probe = FirstStep()
