@@ -4,11 +4,16 @@ Counted with a `TorchDispatchMode` around whole training steps (from the first `
 `Learner` on the bundled digits (small CNN, batch 16, mu=7, Adam), after one warm-up step; each operator the step
 dispatches (views, forward, losses, backward, optimizer) counts once. On a CUDA device most of them become one kernel
 launch each, so fewer operators per step is a faster step where launches, not arithmetic, bound it (issue 17). The counts
-do not depend on the machine's load. Usage:
+do not depend on the machine's load.
+
+The unlabeled batch is drawn inside the step (in the callback's `before_batch`), so its loading counts: `ops_per_step`
+is with the loaders `digits_dls(resident=...)` builds (`--resident/--no-resident`; default: the library's, images decoded
+once and kept on the device, a batch one index), and unless `--no-resident`, `ops_per_step_item_loader` is the same step
+with the per-item PIL loader (`resident=False`), counted in the same run. Usage:
 
     python benchmarks/ops.py --json benchmarks/results/ops_cpu.json
 """
-import argparse, json, platform, statistics, warnings
+import argparse, json, platform, statistics, sys, warnings
 warnings.filterwarnings('ignore')
 from collections import Counter
 from pathlib import Path
@@ -40,33 +45,48 @@ class StepOps(Callback):
         self.mode = None
     def after_cancel_batch(self): self.after_step()
 
-def count(algo:str, steps:int=4):
-    "Median operators per step of `algo` ('supervised' or a name in `ALGOS`) over `steps` steps after one warm-up step, and the most frequent operators"
+def count(algo:str, steps:int=4, resident:bool|None=None):
+    "Median operators per step of `algo` ('supervised' or a name in `ALGOS`) over `steps` steps after one warm-up step, and the most frequent operators; `resident` is passed to `digits_dls`"
     set_seed(0)
-    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=7)
+    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=7, resident=resident)
     cbs = _callbacks(algo, u_dl, flip=False)   # the callback with its defaults, no flips on digits
     probe = StepOps()
     learn = Learner(dls, small_cnn(), cbs=cbs + [probe])
     dls.train = with_steps(dls.train, steps+1)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     totals = [sum(o.values()) for o in probe.steps[1:]]
-    return dict(algo=algo, ops_per_step=int(statistics.median(totals)), steps=totals, top=probe.steps[-1].most_common(8))
+    return dict(algo=algo, u_dl=type(u_dl).__name__, ops_per_step=int(statistics.median(totals)), steps=totals, top=probe.steps[-1].most_common(8))
 
-def main(algos=None, fname=None):
-    rows = [count(a) for a in algos or ['supervised', *available_algos()]]
+def measure(algo:str, resident:bool|None=None):
+    "`count` with the loaders `resident` gives, and unless `resident is False`, the per-item loader's count beside it"
+    r = count(algo, resident=resident)
+    if resident is not False:
+        o = count(algo, resident=False)
+        r.update(ops_per_step_item_loader=o['ops_per_step'], steps_item_loader=o['steps'], top_item_loader=o['top'])
+    return r
+
+def main(algos=None, fname=None, resident=None, command=None):
+    rows = [measure(a, resident) for a in algos or ['supervised', *available_algos()]]
     base = rows[0]['ops_per_step'] if rows[0]['algo'] == 'supervised' else None
-    print(f"{'method':<12}{'ops/step':>10}{'× supervised':>14}  most frequent")
+    both = 'ops_per_step_item_loader' in rows[0]
+    print(f"{'method':<12}{'ops/step':>10}" + (f"{'item loader':>13}{'difference':>12}" if both else '') + f"{'× supervised':>14}  most frequent")
     for r in rows:
         rel = f"{r['ops_per_step']/base:.1f}" if base else ''
-        print(f"{r['algo']:<12}{r['ops_per_step']:>10}{rel:>14}  {', '.join(f'{k} {v}' for k,v in r['top'][:5])}")
+        cols = f"{r['ops_per_step_item_loader']:>13}{r['ops_per_step']-r['ops_per_step_item_loader']:>+12}" if both else ''
+        print(f"{r['algo']:<12}{r['ops_per_step']:>10}{cols}{rel:>14}  {', '.join(f'{k} {v}' for k,v in r['top'][:5])}")
+    setup = 'digits, small_cnn, bs 16, mu 7, Adam; median of 4 steps after 1 warm-up'
+    setup += f"; ops_per_step: digits_dls(resident={resident}) (u_dl: {rows[0]['u_dl']})"
+    if both: setup += '; ops_per_step_item_loader: digits_dls(resident=False), per-item PIL loading inside the step, same run'
     if fname: Path(fname).write_text(json.dumps(dict(
-        command=f'python benchmarks/ops.py --json {fname}', setup='digits, small_cnn, bs 16, mu 7, Adam; median of 4 steps after 1 warm-up',
+        command=command or f'python benchmarks/ops.py --json {fname}', setup=setup, resident=resident,
         torch=torch.__version__, python=platform.python_version(), rows=rows), indent=1))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--algos', nargs='+', choices=['supervised', *ALGOS])
     p.add_argument('--json')
+    p.add_argument('--resident', action=argparse.BooleanOptionalAction, default=None,
+                   help="passed to digits_dls: images decoded once and kept on the device, or the per-item loader (default: the library's default)")
     a = p.parse_args()
     torch.set_num_threads(1)
-    main(a.algos, a.json)
+    main(a.algos, a.json, a.resident, ' '.join(['python benchmarks/ops.py', *sys.argv[1:]]))
