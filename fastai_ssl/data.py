@@ -59,7 +59,7 @@ def _random_tfms(dl:TfmdDL):
 
 # %% ../nbs/02_data.ipynb #893938cf
 class ResidentData(GetAttr):
-    "The items of the dataset `src`, decoded: one tensor `(N, ...)` per element of an item (`types`: their fastai types), in memory on one device; a batch is one index. Other attributes (`vocab`, `items`, `tfms`...) are `src`'s"
+    "The items of the dataset `src`, decoded: one tensor `(N, ...)` per element of an item (`types`: their fastai types), in memory on one device; a batch is one index. Other attributes (`vocab`, `items`, `decode`, `new_empty`...) are `src`'s"
     _default = 'src'
     def __init__(self, tensors, types, src=None):
         self.tensors,self.types,self.src = tuple(tensors),tuple(types),src
@@ -68,8 +68,6 @@ class ResidentData(GetAttr):
     def __getitem__(self, i): return tuple(c(t[i]) for t,c in zip(self.tensors, self.types))
     @property
     def device(self): return self.tensors[0].device
-    def decode(self, o, full=True): return self.src.decode(o, full=full) if hasattr(self.src, 'decode') else o
-    def new_empty(self): return self.src.new_empty()   # `learn.export` keeps the item pipeline, not the items
 
     def batch(self, idx:Tensor, device=None)->tuple:
         "The items at `idx` (a tensor on their device), on `device`: indexed there, or from pinned host memory in pinned buffers copied asynchronously"
