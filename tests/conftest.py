@@ -36,6 +36,11 @@ def digits_learner(digits, cb, path=None):
     dls,u_dl = digits
     return Learner(dls, small_cnn(), metrics=accuracy, path=path or Path(tempfile.mkdtemp()), cbs=cb(u_dl))
 
+def write_pngs(folder, n:int, shape, rng):
+    "`n` PNGs of random pixels in `folder` (made if missing); `shape` is an image's (h, w, c), or a function of its index giving it"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n): Image.fromarray(rng.integers(0, 255, shape(i) if callable(shape) else shape, dtype=np.uint8)).save(folder/f'{i}.png')
+
 def quiet_fit(learn, *args, one_cycle=False, **kwargs):
     with learn.no_bar(), learn.no_logging():
         (learn.fit_one_cycle if one_cycle else learn.fit)(*args, **kwargs)

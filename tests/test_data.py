@@ -3,6 +3,7 @@ import gzip, subprocess, sys
 import pytest
 from fastai.vision.all import *
 from fastai_ssl.all import *
+from conftest import write_pngs
 
 def test_split_labeled_missing_and_too_many():
     items,labels = list(range(30)), [i % 3 for i in range(27)] + [None, float('nan'), '']
@@ -16,11 +17,8 @@ def test_unlabeled_dl_from_image_folder(tmp_path):
     "A folder where some images sit in class folders and the rest in unlabeled/"
     rng = np.random.default_rng(0)
     for split,n in (('train', 6), ('valid', 2)):
-        for c in ('cat', 'dog'):
-            (tmp_path/split/c).mkdir(parents=True)
-            for i in range(n): Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path/split/c/f'{i}.png')
-    (tmp_path/'unlabeled').mkdir()
-    for i in range(20): Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(tmp_path/'unlabeled'/f'{i}.png')
+        for c in ('cat', 'dog'): write_pngs(tmp_path/split/c, n, (20, 24, 3), rng)
+    write_pngs(tmp_path/'unlabeled', 20, (30, 30, 3), rng)
     dls = ImageDataLoaders.from_folder(tmp_path, item_tfms=Resize(16), batch_tfms=aug_transforms(size=16), bs=4)
     u_dl = unlabeled_dl(get_image_files(tmp_path/'unlabeled'), dls, mu=2)
     xu, = u_dl.one_batch()

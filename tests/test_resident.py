@@ -3,7 +3,7 @@ import pytest
 from fastai.vision.all import *
 from fastai_ssl.all import *
 import fastai_ssl.data as data
-from conftest import quiet_fit
+from conftest import quiet_fit, write_pngs
 
 def coded(n=600, c=3, seed=0):
     "uint8 8×8 images whose two first pixels spell their index, and labels"
@@ -87,11 +87,8 @@ def test_folder(tmp_path):
     "A folder of images of mixed sizes: the unlabeled images (centre-cropped) are decoded once, the labeled ones keep their random crop"
     rng = np.random.default_rng(0)
     for split,n in (('train', 6), ('valid', 2)):
-        for c in ('a', 'b'):
-            (tmp_path/split/c).mkdir(parents=True)
-            for i in range(n): Image.fromarray(rng.integers(0, 256, (20+i, 24, 3), dtype=np.uint8)).save(tmp_path/split/c/f'{i}.png')
-    (tmp_path/'unlabeled').mkdir()
-    for i in range(40): Image.fromarray(rng.integers(0, 256, (30, 20+i%5, 3), dtype=np.uint8)).save(tmp_path/'unlabeled'/f'{i}.png')
+        for c in ('a', 'b'): write_pngs(tmp_path/split/c, n, lambda i: (20+i, 24, 3), rng)
+    write_pngs(tmp_path/'unlabeled', 40, lambda i: (30, 20+i%5, 3), rng)
     dls,u_dl = folder_dls(tmp_path, bs=4, mu=2, size=16)
     assert isinstance(u_dl, DeviceDL) and not isinstance(dls.train, DeviceDL)
     xb = u_dl.one_batch()[0]
