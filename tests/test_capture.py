@@ -39,7 +39,7 @@ def _changed(a, b): return ((a - b).abs() > 1/255).float().mean().item()
 
 @cuda
 @pytest.mark.parametrize('make', [WeakAug, StrongAug])
-def test_replays_draw_afresh_like_eager(make, imgs):
+def test_cuda_replays_draw_afresh_like_eager(make, imgs):
     "After the warm-up calls a CUDA graph is replayed; each replay draws new parameters, and the views change as many pixels as eager ones"
     x = imgs.cuda()
     aug = make()
@@ -54,7 +54,7 @@ def test_replays_draw_afresh_like_eager(make, imgs):
     assert aug(x[:16]).shape == (16, *x.shape[1:])   # another shape: eager until it warms up
 
 @cuda
-def test_capture_off(imgs):
+def test_cuda_capture_off(imgs):
     x = imgs.cuda()
     aug = WeakAug(capture=False)
     for _ in range(4): aug(x)
@@ -81,7 +81,7 @@ class _SyncsOff(Callback):
 
 @cuda
 @pytest.mark.parametrize('algo', ['fixmatch', 'flexmatch', 'meanteacher'])
-def test_no_host_sync_in_a_step(algo):
+def test_cuda_no_host_sync_in_a_step(algo):
     "Views, forward pass, losses and statistics of a step make no host sync (torch raises if one does)"
     set_seed(0)
     dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=7)
