@@ -141,10 +141,10 @@ def _allocate(b, n, device, uint8):
     return [torch.empty(n, *o.shape[1:], dtype=o.dtype, **(dict(pin_memory=True) if home == 'pinned' else dict(device=home))) for o in b]
 
 # %% ../nbs/02_data.ipynb #a99e9909
-def _resident(dl, resident:bool|None, uint8:bool=True):
-    "`dl` kept decoded on its device (`resident_dl`): always if `resident`, where it can be if `None` (images only, if `uint8`), never if `False`"
+def _resident(dl, resident:bool|None):
+    "`dl` kept decoded on its device (`resident_dl`): always if `resident`, where it can be if `None` (uint8 images only), never if `False`"
     if resident is False: return dl
-    try: return resident_dl(dl, uint8=uint8 and resident is None)
+    try: return resident_dl(dl, uint8=resident is None)
     except _NotResident as e:
         if resident: raise ValueError(f"`resident=True`: this loader cannot keep its items on the device: {e}; pass `resident=False`") from None
         return dl
