@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'DATASETS', 'split_labeled', 'ResidentData', 'DeviceDL', 'resident_dl',
-           'unlabeled_dl', 'arrays_dls', 'digits_arrays', 'digits_dls', 'read_idx', 'fashion_mnist_arrays',
-           'fashion_mnist_dls', 'folder_dls', 'get_data', 'EpochSampler', 'with_steps']
+           'readable_images', 'unlabeled_dl', 'arrays_dls', 'digits_arrays', 'digits_dls', 'read_idx',
+           'fashion_mnist_arrays', 'fashion_mnist_dls', 'folder_dls', 'get_data', 'EpochSampler', 'with_steps']
 
 # %% ../nbs/02_data.ipynb #9d1ce404
-import gzip, os, sys
+import gzip, numbers, os, sys, warnings
+import PIL
 from fastai.vision.all import *
 from .core import is_missing_label
 from .augment import WeakPIL, StrongPIL, WeakStrong
@@ -18,7 +19,7 @@ def split_labeled(items, labels, n_per_class:int|None, seed:int=0):
     "Stratified split of `items` (a list or a table): `n_per_class` labeled items of each class (`None`: all with a known label), the rest unlabeled; items with missing labels are unlabeled"
     items = items if hasattr(items, 'iloc') else L(items, use_list=None)   # a table or an array keeps its rows
     labels = list(labels.tolist() if hasattr(labels, 'tolist') else labels)   # a Series, an array or a tensor: plain values
-    if len(items) != len(labels): raise ValueError(f"`items` has {len(items)} entries but `labels` has {len(labels)}")
+    if len(items) != len(labels): raise ValueError(f"`labels` has {len(labels)} entries for the {len(items)} `items`: pass one label per item (None or NaN for an unlabeled one)")
     if not (n_per_class is None or isinstance(n_per_class, int) and n_per_class >= 1):
         raise ValueError(f"`n_per_class` must be an int >= 1 or None, got {n_per_class!r}")
     by_class = groupby([i for i,o in enumerate(labels) if not is_missing_label(o)], lambda i: labels[i])
@@ -122,14 +123,29 @@ def _decoded(dl, device, n, uint8):
             if out is None: out,types = _allocate(b, n, device, uint8),[type(o) for o in b]
             for t,o in zip(out, b): t[i:i+len(o)] = o.as_subclass(Tensor)
             i += len(b[0])
-    except RuntimeError as e:
-        if 'stack expects each tensor to be equal size' in str(e) or 'collate' in str(e).lower():
+    except _NotResident: raise
+    except Exception as e:
+        if isinstance(e, RuntimeError) and ('stack expects each tensor to be equal size' in str(e) or 'collate' in str(e).lower()):
             raise _NotResident("its items decode to tensors of different shapes: add `Resize` to the item transforms") from None
-        raise
+        j = _failing(src, range(i, min(i+src.bs, n)))
+        if j is None: raise
+        raise ValueError(f"`items`: item {j}, {_shown(src.dataset.items[j])}, cannot be decoded ({e}): remove it, "
+                         "or keep the readable files with `readable_images(files)`") from e
     res = DeviceDL(ResidentData(out, types, dl.dataset), bs=dl.bs, shuffle=dl.shuffle, drop_last=dl.drop_last, device=dl.device,
                    after_item=dl.after_item, after_batch=dl.after_batch, do_setup=False)
     res.rng = dl.rng   # the same passes, in the same order, as `dl` would have made
     return res
+
+def _failing(dl, idxs):
+    "The first index in `idxs` whose item `dl` cannot make"
+    for j in idxs:
+        try: dl.do_item(j)
+        except Exception: return j
+
+def _shown(o)->str:
+    "An item in a message: a path, or a short description of an array"
+    if isinstance(o, (tuple, list)) and len(o): o = o[0]
+    return f"an array of shape {tuple(o.shape)}" if hasattr(o, 'shape') else str(o)
 
 def _allocate(b, n, device, uint8):
     "Empty tensors for `n` items like those of the first batch `b`, where they fit"
@@ -140,6 +156,25 @@ def _allocate(b, n, device, uint8):
     if home is None: raise _NotResident(f"its {n:,} decoded items take {nbytes/2**30:.1f} GiB, more than a quarter of the free memory")
     return [torch.empty(n, *o.shape[1:], dtype=o.dtype, **(dict(pin_memory=True) if home == 'pinned' else dict(device=home))) for o in b]
 
+# %% ../nbs/02_data.ipynb #d7b4f1c5
+def _unreadable(fn)->str|None:
+    "Why PIL cannot open and decode the image file `fn`, in a few words; `None` if it can"
+    try:
+        if os.path.getsize(fn) == 0: return 'an empty file'
+        with Image.open(fn) as im: im.load()
+    except PIL.UnidentifiedImageError: return 'not an image PIL can read'
+    except Exception as e: return str(e) or type(e).__name__   # a truncated file, a broken header, a missing file...
+    return None
+
+def readable_images(files)->L:
+    "The image `files` PIL can open and decode; one warning counts the others and names the first"
+    files = L(files)
+    why = L(_unreadable(f) for f in files)
+    bad = why.argwhere(lambda o: o is not None)
+    if bad: warnings.warn(f"skipped {len(bad)} unreadable image file{'s'*(len(bad)>1)} of {len(files)}; the first, {files[bad[0]]}: {why[bad[0]]}. "
+                          "Remove or replace them", stacklevel=2)
+    return files[why.argwhere(lambda o: o is None)]
+
 # %% ../nbs/02_data.ipynb #a99e9909
 def _resident(dl, resident:bool|None):
     "`dl` kept decoded on its device (`resident_dl`): always if `resident`, where it can be if `None` (uint8 images only), never if `False`"
@@ -149,13 +184,49 @@ def _resident(dl, resident:bool|None):
         if resident: raise ValueError(f"`resident=True`: this loader cannot keep its items on the device: {e}; pass `resident=False`") from None
         return dl
 
-def unlabeled_dl(items, dls:DataLoaders, mu:int=7, bs:int|None=None, with_labels:bool=False, views=None, resident:bool|None=None, **kwargs):
+def _image_folder(path)->L:
+    "The readable image files under the folder `path`, as `get_image_files` finds them"
+    path = Path(path)
+    if not path.is_dir(): raise FileNotFoundError(f"`items`: no folder {path}: pass a folder of images or a list of items")
+    files = get_image_files(path)
+    if not files: raise ValueError(f"`items`: no image files in {path} or its subfolders: pass the folder of unlabeled images")
+    files = readable_images(files)
+    if not files: raise ValueError(f"`items`: none of the image files in {path} can be read: pass a folder of readable images")
+    return files
+
+_MAX_HASHED = 2**28   # bytes of array items compared by content: 256 MB, Fashion-MNIST's 70,000 images 55 MB
+
+def _keys(items)->list|None:
+    "What identifies each of `items` (or the first element of each): its absolute path, or its pixels; `None` for other items or arrays too large to compare cheaply"
+    items = L(items, use_list=None)
+    if not len(items) or hasattr(items.items, 'iloc'): return None   # rows of a table are not compared
+    xs = [o[0] if isinstance(o, (tuple, list)) and len(o) else o for o in items]
+    if all(isinstance(o, (str, Path)) for o in xs): return [os.path.abspath(o) for o in xs]
+    xs = [o.numpy() if isinstance(o, Tensor) and o.device.type == 'cpu' else o for o in xs]
+    if not all(isinstance(o, np.ndarray) for o in xs) or len(xs)*xs[0].nbytes > _MAX_HASHED: return None
+    return [(o.dtype.str, o.shape, o.tobytes()) for o in xs]
+
+def _overlap(items, dls):
+    "Warn if some unlabeled `items` are also labeled training or validation items of `dls`: the same file, or the same pixels"
+    u = _keys(items)
+    if u is None: return
+    lab = {name: set(_keys(getattr(ds, 'items', [])) or ()) for name,ds in (('training', dls.train_ds), ('validation', dls.valid_ds))}
+    found = {name: sum(k in ks for k in u) for name,ks in lab.items()}
+    n = sum(k in lab['training'] or k in lab['validation'] for k in u)
+    if n: warnings.warn(f"`items`: {n} of the {len(u)} unlabeled items are also labeled items of `dls` "
+                        f"({', '.join(f'{v} {k}' for k,v in found.items() if v)}; the same {'files' if isinstance(u[0], str) else 'pixels'}): "
+                        "check that the unlabeled items are the ones you meant", stacklevel=3)
+
+def unlabeled_dl(items, # Unlabeled items: a list, the rows of a table, or a folder of images
+                 dls:DataLoaders, mu:int=7, bs:int|None=None, with_labels:bool=False, views=None, resident:bool|None=None, **kwargs):
     "Loader of `mu`×`dls.bs` unlabeled `items` per batch, through `dls`' transforms without their augmentation; `resident`: images decoded once and kept on `dls.device` (default: where they fit)"
     if not (isinstance(mu, int) and mu >= 1): raise ValueError(f"`mu` must be an int >= 1, got {mu!r}")
+    if isinstance(items, (str, Path)): items = _image_folder(items)
     items = L(items, use_list=None)   # a table stays a table, read by rows
     if not len(items): raise ValueError("`items` is empty: `unlabeled_dl` needs unlabeled items")
     ds = getattr(dls.train_ds, 'src', dls.train_ds)   # a `DeviceDL`'s `ResidentData` holds the `Datasets` it decoded
     if not isinstance(ds, Datasets): raise ValueError("`dls` must be built from fastai `Datasets` (e.g. a `DataBlock`); for other data, pass any loader of image tensors as `u_dl`")
+    _overlap(items, dls)
     x_fs = ds.tfms[0].fs
     x_pipes = [x_fs] if views is None else [x_fs + [v] for v in L(views)]
     y_pipes = [p.fs for p in ds.tfms[dls.n_inp:]] if with_labels else []
@@ -165,10 +236,54 @@ def unlabeled_dl(items, dls:DataLoaders, mu:int=7, bs:int|None=None, with_labels
     return _resident(dls.valid.new(dsets, bs=bs, shuffle=True, drop_last=True, **kwargs), resident)
 
 # %% ../nbs/02_data.ipynb #ca00e318
+def _pixels(x, name:str, scale):
+    "The images `x` as a uint8 array, checked: `(N, h, w)` or `(N, h, w, 3)`, finite, and `scale` (the value of white) verified against their range where they are not uint8"
+    x = x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if not len(x): raise ValueError(f"`{name}` is empty: pass at least one image")
+    if x.ndim != 3 and not (x.ndim == 4 and x.shape[-1] in (3, 4)):
+        raise ValueError(f"`{name}` has shape {x.shape}: pass images as (N, height, width), or (N, height, width, 3) in colour")
+    if x.dtype == np.uint8 and scale is None: return x
+    if x.dtype.kind not in 'biuf': raise ValueError(f"`{name}` holds {x.dtype} values, not pixels: pass uint8 images 0–255")
+    if x.dtype.kind == 'f' and not np.isfinite(x).all():
+        bad = ~np.isfinite(x.reshape(len(x), -1))
+        raise ValueError(f"`{name}` has {bad.sum()} NaN or infinite pixels (the first in image {bad.any(1).argmax()}): fill them or drop those images")
+    lo,hi = float(x.min()),float(x.max())
+    if scale is None: raise ValueError(f"`{name}` holds {x.dtype} pixels from {lo:g} to {hi:g}, which would reach the model unscaled: pass `scale`, "
+                                       "the value of white (`scale=1` for [0, 1], `scale=16` for scikit-learn's digits), or uint8 images 0–255")
+    if lo < 0: raise ValueError(f"`{name}` has negative pixels (down to {lo:g}), as after normalizing: pass the images before normalizing, with `scale` the value of white")
+    if hi > scale: raise ValueError(f"`scale`={scale:g} is below the brightest pixel of `{name}`, {hi:g}: pass the value of white")
+    if hi <= scale/2: raise ValueError(f"`scale`={scale:g} is more than twice the brightest pixel of `{name}`, {hi:g}, so its images would reach the model dark: pass the value of white")
+    return np.rint(x*(255/scale)).astype(np.uint8)
+
+def _is_int(o)->bool: return isinstance(o, numbers.Real) and math.isfinite(o) and o == int(o)
+
+def _labels(y, name:str, n:int, x_name:str):
+    "The labels `y` of the `n` images `x_name`, checked: one integer class index per image"
+    y = y.numpy() if isinstance(y, Tensor) else np.asarray(y)
+    if y.ndim != 1: raise ValueError(f"`{name}` has shape {y.shape}: pass one label per image, in one dimension (e.g. `y.ravel()`)")
+    if len(y) != n: raise ValueError(f"`{name}` has {len(y)} labels for the {n} images of `{x_name}`: pass one label per image")
+    if y.dtype.kind in 'iu': return y
+    bad = first(range(n), lambda i: not _is_int(y[i]))
+    if bad is not None: raise ValueError(f"`{name}` holds labels that are not integers ({getattr(y[bad], 'item', lambda: y[bad])()!r} at {bad}): "
+                                         "pass class indices, e.g. `np.unique(y, return_inverse=True)[1]`")
+    return y.astype(np.int64)
+
+def _check_arrays(x_train, y_train, x_valid, y_valid, scale, vocab):
+    "The four arrays of `arrays_dls`, checked and the images made uint8"
+    xt,xv = _pixels(x_train, 'x_train', scale),_pixels(x_valid, 'x_valid', scale)
+    if xv.shape[1:] != xt.shape[1:]: raise ValueError(f"`x_valid` holds images of shape {xv.shape[1:]}, `x_train` of {xt.shape[1:]}: pass both at one size")
+    yt,yv = _labels(y_train, 'y_train', len(xt), 'x_train'),_labels(y_valid, 'y_valid', len(xv), 'x_valid')
+    extra = sorted(set(np.unique(yv).tolist()) - set(vocab or np.unique(yt).tolist()))
+    if extra: raise ValueError(f"`y_valid` has classes no training image has: {extra}: drop those validation images, or add training images of them")
+    return xt,yt,xv,yv
+
 def arrays_dls(x_train, y_train, x_valid, y_valid, n_per_class:int, bs:int=64, mu:int=7, seed:int=0,
                with_labels:bool=True, vocab=None, n_unlabeled:int|None=None, views=None, val_bs:int=512, num_workers:int=0,
-               resident:bool|None=None, **kwargs):
-    "Labeled `DataLoaders` with `n_per_class` items per class from uint8 image arrays, and the unlabeled loader of the rest; `resident`: the labeled training and unlabeled images kept decoded on the device (default: where they fit)"
+               resident:bool|None=None,
+               scale:float|None=None, # The value of white in images that are not uint8 (1 for [0, 1]); checked against their range
+               **kwargs):
+    "Labeled `DataLoaders` with `n_per_class` items per class from image arrays (uint8, or with `scale`), and the unlabeled loader of the rest; `resident`: the labeled training and unlabeled images kept decoded on the device (default: where they fit)"
+    x_train,y_train,x_valid,y_valid = _check_arrays(x_train, y_train, x_valid, y_valid, scale, vocab)
     train,valid = list(zip(x_train, y_train)),list(zip(x_valid, y_valid))
     lab,unlab = split_labeled(train, [int(o) for o in y_train], n_per_class, seed)
     if n_unlabeled is not None: unlab = unlab[:n_unlabeled]
@@ -234,27 +349,53 @@ def _labeled_files(folder, skip=('unlabeled',)):
     "Image files in class subfolders of `folder`, except those in the folders `skip`"
     return [f for f in get_image_files(folder) if len(f.relative_to(folder).parts) > 1 and f.relative_to(folder).parts[0] not in skip]
 
+def _readable_split(*groups):
+    "Each list of image files in `groups`, less the files PIL cannot read (one warning for all)"
+    ok = set(readable_images([f for g in groups for f in g]))
+    return [[f for f in g if f in ok] for g in groups]
+
+def _classes(train, valid, train_dir, valid_dir):
+    "The classes of the `train` files (their folder names), checked: at least 2, and every class of `valid` among them"
+    classes = sorted(set(f.parent.name for f in train))
+    if len(classes) < 2: raise ValueError(f"`path`: {train_dir} has images of {len(classes)} class ({classes[0]}): put each class's images in its own subfolder, at least 2 classes")
+    extra = sorted(set(f.parent.name for f in valid) - set(classes))
+    if extra: raise ValueError(f"`path`: {valid_dir} has class folders {train_dir} lacks: {', '.join(extra)}: add training images of them, or remove them from validation")
+    return classes
+
+def _held_out(train, valid_pct, seed, path):
+    "`train` less a stratified `valid_pct` of it, and those held out"
+    from sklearn.model_selection import train_test_split
+    if not 0 < valid_pct < 1: raise ValueError(f"`valid_pct` must be between 0 and 1, got {valid_pct!r}")
+    counts = Counter(f.parent.name for f in train)
+    k,n,fewest = len(counts),len(train),min(counts, key=counts.get)
+    fits = lambda m: k <= math.ceil(valid_pct*m) <= m - k   # scikit-learn's conditions: a held-out image of each class, and a training one
+    if counts[fewest] < 2 or not fits(n):
+        need = first(itertools.count(2*k), fits)
+        raise ValueError(f"`path`: {path} has no valid/ folder, and holding out a stratified {valid_pct:.0%} for validation needs at least 2 images "
+                         f"of each class and {need} in all for {k} classes (it has {n}; {fewest} has {counts[fewest]}): add images, or a valid/ folder of class subfolders")
+    return train_test_split(train, test_size=valid_pct, random_state=seed, stratify=[f.parent.name for f in train])
+
 def _folder_split(path, n_per_class:int|None=None, seed:int=0, valid_pct:float=0.2):
     "The labeled, validation and unlabeled image files of the folder `path` (as `folder_dls` finds them), and where each came from, in words"
-    from sklearn.model_selection import train_test_split
     path = Path(path)
     if not path.is_dir(): raise ValueError(f"`path`: no folder {path}")
     valid_dir = first(path/o for o in ('valid', 'val', 'test') if (path/o).is_dir())
     train_dir = path/'train' if (path/'train').is_dir() and valid_dir is not None else path
     train = _labeled_files(train_dir, ('unlabeled',) + ((valid_dir.name,) if valid_dir is not None and train_dir == path else ()))
+    valid = _labeled_files(valid_dir) if valid_dir is not None else []
+    u_dirs = [d for d in dict.fromkeys([path/'unlabeled', train_dir/'unlabeled']) if d.is_dir()]
+    train,valid,*u_files = _readable_split(train, valid, *[get_image_files(d) for d in u_dirs])
     if not train: raise ValueError(f"`path`: no images in class subfolders of {train_dir}")
+    if valid_dir is not None and not valid: raise ValueError(f"`path`: no images in class subfolders of {valid_dir}, the validation folder")
+    _classes(train, valid, train_dir, valid_dir)
     src = dict(labeled=f"class subfolders of {train_dir}")
     if valid_dir is None:
-        train,valid = train_test_split(train, test_size=valid_pct, random_state=seed, stratify=[f.parent.name for f in train])
+        train,valid = _held_out(train, valid_pct, seed, path)
         src['labeled'] += f", less the {len(valid)} held out for validation"
         src['valid'] = f"{valid_pct:.0%} of the images in class subfolders of {path}, held out (stratified)"
-    else:
-        valid = _labeled_files(valid_dir)
-        if not valid: raise ValueError(f"`path`: no images in class subfolders of {valid_dir}, the validation folder")
-        src['valid'] = f"class subfolders of {valid_dir}"
-    u_files = {d: get_image_files(d) for d in dict.fromkeys([path/'unlabeled', train_dir/'unlabeled']) if d.is_dir()}
-    unlab = L(f for fs in u_files.values() for f in fs)
-    u_src = [f"{d} ({len(fs)})" for d,fs in u_files.items()]
+    else: src['valid'] = f"class subfolders of {valid_dir}"
+    unlab = L(f for fs in u_files for f in fs)
+    u_src = [f"{d} ({len(fs)})" for d,fs in zip(u_dirs, u_files)]
     if n_per_class is not None:
         n = len(train)
         train,rest = split_labeled(train, [f.parent.name for f in train], n_per_class, seed)
