@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['LinearRamp', 'SigmoidRamp', 'bn_frozen', 'shard', 'UnlabeledStream', 'parse_unlabeled', 'missing_norms', 'Preprocess',
-           'check_scale', 'unlabeled_prep', 'is_missing_label', 'SSLCallback']
+           'check_scale', 'unlabeled_prep', 'is_missing_label', 'SSLCallback', 'input_shape']
 
 # %% ../nbs/00_core.ipynb #1f5f658e
+import weakref
 from contextlib import nullcontext
 from fastai.basics import *
 from .teacher import *
@@ -196,7 +197,7 @@ _nan_msg = "the unlabeled loss is NaN or infinite: check the unlabeled images fo
 class SSLCallback(Callback):
     "Base of the semi-supervised callbacks: one forward pass over labeled + unlabeled, `weight * Lu` added to the loss"
     order,run_valid = Recorder.order+1,False
-    _stateattrs = ('u_dl','stream','_pending','_stats','_steps','_hist','pred_u','y_u','teacher','_student','prep')
+    _stateattrs = ('u_dl','stream','_pending','_stats','_steps','_hist','pred_u','y_u','teacher','_student','prep','_owner')
     n_views = (1,)    # how many image tensors per batch the unlabeled loader may yield
     stat_names = ()   # the algorithm's own statistics, shown per epoch after `Lx` and `Lu`
     ssl_attrs = {}    # the algorithm's own training state, saved by `learn.save`: {attribute: its value before training}
@@ -218,6 +219,37 @@ class SSLCallback(Callback):
         super()._init_state()
         for k in self._stateattrs: self.__dict__.setdefault(k, None)
 
+    def __setattr__(self, name, value):
+        if name == 'learn' and isinstance(value, Learner): self._attach(value)
+        elif name == 'learn' and value is None: self.cleanup()   # `remove_cb`: nothing of this callback stays on the Learner
+        super().__setattr__(name, value)
+
+    def _attach(self, learn):
+        "Check that `learn` may take this callback (one SSL callback a Learner, one Learner a callback); on a new Learner, start afresh"
+        cls,old = type(self).__name__,self.__dict__.get('learn')
+        if isinstance(old, Learner) and old is not learn and any(c is self for c in old.cbs):
+            raise ValueError(f"`cbs`: this {cls} is in another Learner's `cbs` and a callback belongs to one Learner at a time: "
+                             f"make one `{cls}(u_dl)` per Learner, or `learn.remove_cb(cb)` from the other Learner first")
+        if any(c is self for c in learn.cbs):
+            raise ValueError(f"`cbs`: this {cls} is already in this Learner's `cbs`: add it once (`fit(cbs=...)` is for a callback the Learner lacks)")
+        other = first(c for c in learn.cbs if isinstance(c, SSLCallback))
+        if other is not None:
+            raise ValueError(f"`cbs`: this Learner already has an SSL callback ({type(other).__name__}) and takes one: "
+                             f"`learn.remove_cb(learn.{other.name})` first, or train {cls} in another Learner")
+        owner = self.__dict__.get('_owner')
+        if owner is not None and owner() is not learn: self._fresh_state()
+        self._owner = weakref.ref(learn)
+
+    def _fresh_state(self):
+        "Forget the training state of another Learner (step count, teacher, `ssl_attrs`): what `load_ssl_state(None)` resets, made again at `before_fit`"
+        self.step,self.teacher = 0,None
+        for k,v in self.ssl_attrs.items(): setattr(self, k, v)
+
+    def cleanup(self):
+        "Undo what a pass put on the Learner (the student back in `learn.model`) and drop the step's tensors: after every pass, cancel and exception"
+        self._restore_student()
+        self.pred_u = None
+
     def unlabeled_views(self, views): return views
     def unlabeled_loss(self, *preds): raise NotImplementedError("an SSL algorithm must define `unlabeled_loss`")
     def labeled_loss(self, pred, *yb): return None
@@ -231,14 +263,14 @@ class SSLCallback(Callback):
         with (nullcontext() if self.update_bn else bn_frozen(model)): return model(x)
 
     def before_fit(self):
-        self._in_fit = False
-        self._restore_student()
+        self._in_fit,self._new_fit = False,True
+        self.cleanup()
         if hasattr(self.learn, 'gather_preds') or self.u_dl is None: return   # `get_preds`, `predict`, or an exported Learner
         self._check_vocab()
         if _ddp() and not getattr(self, '_rank_seeded', False):   # each process draws its own views (and CUDA graph replays) from its own seed
             torch.manual_seed(torch.initial_seed() + rank_distrib())
             self._rank_seeded = True
-        self._hist,self.prep = [],None   # `prep`: how unlabeled batches reach the labeled preprocessing, chosen at the first step
+        self.prep = None   # how unlabeled batches reach the labeled preprocessing, chosen at the first step
         if self.stream is None or self.stream.dl is not self.u_dl:
             self.stream = UnlabeledStream(self.u_dl)
             self._pending = next(self.stream)   # checks the loader yields something; used as the first batch
@@ -266,6 +298,7 @@ class SSLCallback(Callback):
         if self.epoch > 0 or self._pending is None:   # each epoch starts a fresh, reshuffled pass: a resumed run draws what an uninterrupted one does
             self._pending = None
             self.stream.restart()
+        if self._new_fit: self._hist,self._new_fit = [],False   # `history` is the last fit's: `validate` (which runs `before_fit`) keeps it
         self._in_fit = True
 
     def _next_unlabeled(self):
@@ -342,9 +375,12 @@ class SSLCallback(Callback):
         "Put the student back as `learn.model` if the teacher stands in for it (validation with `eval_teacher`)"
         if getattr(self, '_student', None) is not None: self.learn.model,self._student = self._student,None
 
-    def after_cancel_validate(self): self._restore_student()
+    def after_cancel_batch(self): self.cleanup()
+    def after_cancel_train(self): self.cleanup()
+    def after_cancel_validate(self): self.cleanup()
+    def after_cancel_fit(self): self.cleanup()
     def after_validate(self):
-        self._restore_student()
+        self.cleanup()
         if not self._in_fit: return
         vals = self._read_epoch()
         if self._n and not math.isfinite(vals[1]): raise ValueError(_nan_msg)   # before `SaveModelCallback` could save the model
@@ -380,11 +416,21 @@ class SSLCallback(Callback):
         hist = getattr(self, '_hist', None)
         return pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=['step','epoch'])
 
-    def after_fit(self): self._in_fit = False
+    def after_fit(self): self._end_fit()
+    def _end_fit(self):
+        "The end of a fit, however it ends: `cleanup`, and an unlabeled pass under way dropped (its loader's workers stop; the next fit starts a fresh pass anyway)"
+        self.cleanup()
+        if self._in_fit and self.stream is not None:
+            self._pending = None
+            self.stream.restart()
+        self._in_fit = False
 
     def ssl_state(self):
         "Training state that `learn.save` keeps beside the model: the step count, the teacher's weights and the `ssl_attrs`"
         return dict(step=self.step, teacher=None if self.teacher is None else self.teacher.state_dict(), **{k: getattr(self, k) for k in self.ssl_attrs})
+
+    def check_ssl_state(self, state:dict|None):
+        "Raise, before anything is loaded, if `state` cannot be loaded into this callback (an algorithm with heads checks their shapes)"
 
     def load_ssl_state(self, state:dict|None):
         "Restore `ssl_state`; with `None` (a file saved without it) start afresh: step 0, teacher copied from the loaded model"
@@ -405,7 +451,7 @@ if not hasattr(Learner, '_save_model_only'): Learner._save_model_only,Learner._l
 @delegates(save_model)
 def save(self:Learner, file, **kwargs):
     "Save model and optimizer state (if `with_opt`) to `self.path/self.model_dir/file`, and SSL callbacks' state beside them"
-    for cb in _ssl_cbs(self): cb._restore_student()
+    for cb in _ssl_cbs(self): cb.cleanup()
     file = self._save_model_only(file, **kwargs)
     states = {cb.name: apply(lambda t: t.as_subclass(Tensor) if isinstance(t, Tensor) else t, cb.ssl_state()) for cb in _ssl_cbs(self)}   # plain tensors: `weights_only` loading
     if states and not rank_distrib(): torch.save(states, _ssl_file(file))
@@ -415,9 +461,59 @@ def save(self:Learner, file, **kwargs):
 @delegates(load_model)
 def load(self:Learner, file, device=None, **kwargs):
     "Load model and optimizer state (if `with_opt`) from `self.path/self.model_dir/file`, and SSL callbacks' state if saved"
-    for cb in _ssl_cbs(self): cb._restore_student()
-    self._load_model_only(file, device=device, **kwargs)
+    for cb in _ssl_cbs(self): cb.cleanup()
     f = _ssl_file(join_path_file(file, self.path/self.model_dir, ext='.pth'))
     states = torch.load(f, map_location='cpu', weights_only=True) if f.exists() else {}
+    for cb in _ssl_cbs(self): cb.check_ssl_state(states.get(cb.name))   # before the model is loaded: a refused file changes nothing
+    self._load_model_only(file, device=device, **kwargs)
     for cb in _ssl_cbs(self): cb.load_ssl_state(states.get(cb.name))
     return self
+
+def _undo_on_error(f, undo:str):
+    "The `Learner` method `f`, after which, if it raises anything, SSL callbacks run their method `undo` (fastai runs `after_*` events only after `Cancel*Exception`s)"
+    @functools.wraps(f)
+    def _f(self, *args, **kwargs):
+        try: return f(self, *args, **kwargs)
+        except BaseException:
+            for cb in _ssl_cbs(self): getattr(cb, undo)()
+            raise
+    _f._ssl_undo = True
+    return _f
+
+for _n,_undo in (('_do_fit', '_end_fit'), ('_do_epoch_validate', 'cleanup')):   # all training; every validation pass (`validate`, `get_preds`, `predict`)
+    if not getattr(getattr(Learner, _n), '_ssl_undo', False): setattr(Learner, _n, _undo_on_error(getattr(Learner, _n), _undo))
+
+# %% ../nbs/00_core.ipynb #dbc365fc
+@contextmanager
+def _rng_kept():
+    "Python's, NumPy's and PyTorch's random states as they were before the block"
+    s = random.getstate(),np.random.get_state(),torch.random.get_rng_state()
+    try: yield
+    finally: random.setstate(s[0]); np.random.set_state(s[1]); torch.random.set_rng_state(s[2])
+
+def _item_shape(dl)->tuple|None:
+    "The shape of the input of `dl`'s first item after its item transforms (decoded already in a resident `DeviceDL`); `None` without items"
+    ds = getattr(dl, 'dataset', None)
+    try:
+        if ds is None or not len(ds): return None
+        with _rng_kept(): item = dl.do_item(0) if hasattr(dl, 'do_item') else ds[0]   # a random crop draws nothing a seeded run sees
+    except Exception: return None   # an item that cannot be read: the shape is unknown, not an error here
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    return tuple(x.shape) if isinstance(x, Tensor) else None
+
+def input_shape(learn)->tuple|None:
+    "The shape of one training input item of `learn` (`(C, H, W)` for images): recorded by `learn.export`, else read from `learn.dls.train`; `None` if neither tells"
+    s = learn.__dict__.get('_input_shape')
+    return tuple(s) if s is not None else _item_shape(getattr(getattr(learn, 'dls', None), 'train', None))
+
+if not hasattr(Learner, '_export_pickle'): Learner._export_pickle = Learner.export
+
+@patch
+def export(self:Learner, fname='export.pkl', **kwargs):
+    "Export `self` for inference as fastai does (`pickle_module`, `pickle_protocol`), with SSL callbacks' hooks and swaps undone and the training items' `input_shape` recorded"
+    for cb in _ssl_cbs(self): cb.cleanup()
+    had,self._input_shape = self.__dict__.get('_input_shape'),input_shape(self)
+    try: return self._export_pickle(fname, **kwargs)
+    finally:
+        if had is None: del self._input_shape   # the live Learner reads its loaders, which may change
+        else: self._input_shape = had

@@ -128,13 +128,14 @@ class _WithHeads:
     def __init__(self, splitter, cb): self.splitter,self.cb = splitter,cb
     def __call__(self, model):
         groups = L(self.splitter(model))
-        heads = self.cb.heads if getattr(self.cb, 'learn', None) is not None else None
+        learn = getattr(self.cb, 'learn', None)   # the heads go with the model of the Learner that holds the callback now
+        heads = self.cb.heads if learn is not None and get_model(learn.model) is get_model(model) else None
         if heads is None or not len(groups): return groups
         if not isinstance(groups[0], (list, tuple, L)): groups = L([groups])
         have = {id(p) for g in groups for p in g}
         return L(*groups[:-1], L(groups[-1]) + L(p for p in heads.parameters() if id(p) not in have))
 
-_feat_attrs = ('heads','_hook','_fmod','feats_l','feats_u','_aux')
+_feat_attrs = ('heads','_hook','_fmod','_n_feats','feats_l','feats_u','_aux')
 
 # %% ../nbs/07_features.ipynb #fb5de4a3
 class WithFeatures:
@@ -143,7 +144,7 @@ class WithFeatures:
     def __init__(self, *args, feats:str|nn.Module|None=None, **kwargs):
         if feats is not None and not isinstance(feats, (str, nn.Module)):
             raise ValueError(f"`feats` must be a module of the model, its name, or None (the last `nn.Linear`), got {feats!r}")
-        self.feats,self.heads,self._hook,self._fmod,self.feats_l,self.feats_u,self._aux = feats,None,FeatureHook(),None,None,None,None
+        self.feats,self.heads,self._hook,self._fmod,self._n_feats,self.feats_l,self.feats_u,self._aux = feats,None,FeatureHook(),None,None,None,None,None
         for n in self.bank_names: setattr(self, n, None)
         super().__init__(*args, **kwargs)
 
@@ -159,13 +160,27 @@ class WithFeatures:
         super()._init_state()
         for k in _feat_attrs: self.__dict__.setdefault(k, None)
 
+    def _width(self, model, fmod)->int:
+        "The width of the features `fmod` takes: its `in_features`, or measured on two validation items"
+        return n_features(model, fmod, None if isinstance(fmod, nn.Linear) else self.dls.valid.one_batch()[0][:2])
+
+    def _fresh_state(self):
+        "`SSLCallback._fresh_state`, and no heads or banks: made again for the new Learner's model and data"
+        super()._fresh_state()
+        self.heads,self._fmod,self._n_feats = None,None,None
+        for n in self.bank_names: setattr(self, n, None)
+
     def _setup_heads(self):
-        "Find the feature module, make the heads (once) on the model's device, and have `learn.splitter` include them"
+        "Find the feature module, make the heads (once, and again for a model whose features have another width) on the model's device, and have `learn.splitter` include them"
         model = get_model(self.learn.model)
-        self._fmod = feature_module(model, self.feats)
+        fmod = feature_module(model, self.feats)
+        if self.heads is not None and fmod is not self._fmod and self._width(model, fmod) != self._n_feats:
+            self.heads = None   # another model, with features of another width: new heads, and banks for their embeddings
+            for n in self.bank_names: setattr(self, n, None)
+        self._fmod = fmod
         if self.heads is None:
-            x = None if isinstance(self._fmod, nn.Linear) else self.dls.valid.one_batch()[0][:2]
-            self.heads = nn.ModuleDict(self.make_heads(n_features(model, self._fmod, x)))
+            self._n_feats = self._width(model, fmod)
+            self.heads = nn.ModuleDict(self.make_heads(self._n_feats))
         for n in self.bank_names:
             if getattr(self, n) is None: setattr(self, n, self.make_bank(n))
         p = first(model.parameters())
@@ -173,8 +188,9 @@ class WithFeatures:
         if not isinstance(self.learn.splitter, _WithHeads): self.learn.splitter = _WithHeads(self.learn.splitter, self)
 
     def _add_to_opt(self):
-        "Put head parameters the optimizer lacks into its last parameter group"
+        "Put head parameters the optimizer lacks into its last parameter group (none yet: `validate` on a new Learner)"
         opt = self.learn.opt
+        if opt is None: return
         have = {id(p) for g in opt.param_lists for p in g}
         new = [p for p in self.heads.parameters() if id(p) not in have]
         if not new: return
@@ -184,7 +200,6 @@ class WithFeatures:
     def after_create(self): self._setup_heads()
 
     def before_fit(self):
-        if self._hook is not None: self._hook.remove()
         super().before_fit()
         if hasattr(self.learn, 'gather_preds') or self.u_dl is None: return
         self._setup_heads()
@@ -223,19 +238,26 @@ class WithFeatures:
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= torch.distributed.get_world_size()
 
-    def _unhook(self):
+    def cleanup(self):
+        "`SSLCallback.cleanup`, with the feature hook taken off the model and the step's features dropped"
+        super().cleanup()
         if self._hook is not None: self._hook.remove()
-    def after_cancel_batch(self): self._unhook()
-    def after_cancel_train(self): self._unhook()
-    def after_cancel_fit(self): self._unhook()
-    def after_fit(self):
-        self._unhook()
-        super().after_fit()
+        self.feats_l,self.feats_u,self._aux = None,None,None
 
     def ssl_state(self):
         "`SSLCallback.ssl_state`, the heads' weights and the banks"
         return dict(super().ssl_state(), heads=None if self.heads is None else self.heads.state_dict(),
                     **{n: getattr(self, n).state_dict() for n in self.bank_names if getattr(self, n) is not None})
+
+    def check_ssl_state(self, state:dict|None):
+        "Raise if the heads saved in `state` have other shapes than this callback's (made, if missing or for another width, for this model)"
+        sd = (state or {}).get('heads')
+        if sd is None: return
+        self._setup_heads()
+        shapes = lambda d: {k:tuple(v.shape) for k,v in d.items()}
+        if shapes(sd) != shapes(self.heads.state_dict()):
+            raise ValueError(f"`file`: its {type(self).__name__} heads do not fit this callback's, made for features {self._n_feats} wide: "
+                             "load it into a Learner with the model, `feats` and arguments it was saved with")
 
     def load_ssl_state(self, state:dict|None):
         "Restore `ssl_state` (heads loaded in place, so the optimizer keeps them); `None`: fresh heads and empty banks"
