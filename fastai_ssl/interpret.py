@@ -6,9 +6,10 @@
 __all__ = ['PseudoLabelInterpretation']
 
 # %% ../nbs/21_interpret.ipynb #a3dd4b2e
-import inspect, re
+import inspect, math, re
 from fastai.vision.all import *
-from .core import SSLCallback
+from .core import SSLCallback, input_shape
+from .data import readable_images
 
 # %% ../nbs/21_interpret.ipynb #33c72d29
 def _vector_stats(cols):
@@ -23,9 +24,9 @@ def _smooth(s, beta):
     "Debiased exponential moving average of the series `s` (`beta=0`: `s` itself)"
     return s.ewm(alpha=1-beta).mean() if beta else s
 
-def _line(ax, h, col, beta, **kwargs):
+def _line(ax, h, col, beta, label=None, **kwargs):
     "Plot `h[col]` against steps: faint per step, bold smoothed"
-    l, = ax.plot(h.step, _smooth(h[col], beta), label=col, **kwargs)
+    l, = ax.plot(h.step, _smooth(h[col], beta), label=label or col, **kwargs)
     if beta: ax.plot(h.step, h[col], color=l.get_color(), alpha=0.2, lw=0.8)
     return l
 
@@ -33,9 +34,25 @@ def _uses_thresh(cb):
     "Whether `cb.thresh` is a confidence threshold of `cb` (FreeMatch inherits the attribute but sets its thresholds itself)"
     return isinstance(getattr(cb, 'thresh', None), float) and 'thresh' in inspect.signature(type(cb)).parameters
 
+def _n_items(o):
+    "The number of items of the dataset (or loader) `o`, or `None` if unknown or empty"
+    if isinstance(o, DataLoader): o = o.dataset
+    try: return len(getattr(o, 'src', o)) or None
+    except TypeError: return None
+
+def _data_desc(learn, n_unlabeled=None)->str:
+    "The data `learn` trained on, in words: classes, labeled and unlabeled items, where known"
+    dls = getattr(learn, 'dls', None)
+    vocab,n_lab = getattr(dls, 'vocab', None),_n_items(getattr(dls, 'train_ds', None))
+    parts = [f"{len(vocab)} classes" if vocab is not None else None,
+             f"{n_lab:,} labeled" if n_lab else None, f"{n_unlabeled:,} unlabeled" if n_unlabeled else None]
+    return ', '.join(p for p in parts if p) + (' items' if n_lab or n_unlabeled else '')
+
+_below = dict(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)   # a legend under its panel: it hides no line
+
 @patch
 def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False):
-    "Per-step statistics of the last fit against steps (smoothed by an EMA of factor `smooth`): losses with the unlabeled weight, rates (mask, `pl_acc`) with the threshold, per-class thresholds and other per-step vectors"
+    "Per-step statistics of the last fit against steps (smoothed by an EMA of factor `smooth`): losses with the unlabeled weight, rates (mask, `pl_acc`), per-class thresholds and other per-step vectors"
     import matplotlib.pyplot as plt
     h = self.history
     if not len(h): raise ValueError("no per-step history: train with this callback first, e.g. `learn.fit_one_cycle(1)`")
@@ -47,7 +64,7 @@ def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False
     rates = [c for c in scalars if c not in losses]
     thr_panel = 'thresholds' in vecs or 'thresh' in h
     panels = ['loss', 'rates'] + (['thresholds'] if thr_panel else []) + [k for k in vecs if k != 'thresholds']
-    fig,axs = plt.subplots(1, len(panels), figsize=figsize or (4.2*len(panels), 3.2), squeeze=False)
+    fig,axs = plt.subplots(1, len(panels), figsize=figsize or (4.2*len(panels), 3.6), squeeze=False, layout='constrained')
     axs = dict(zip(panels, axs[0]))
     ax = axs['loss']
     for c in losses: _line(ax, h, c, smooth)
@@ -57,14 +74,17 @@ def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False
         ax2.plot(h.step, h.weight, color='grey', ls='--', lw=1.2, label='weight of Lu')
         ax2.set_ylim(0, max(1., h.weight.max())*1.05); ax2.set_ylabel('weight of Lu')
         lines = ax.get_legend_handles_labels(),ax2.get_legend_handles_labels()
-        ax.legend(lines[0][0]+lines[1][0], lines[0][1]+lines[1][1], fontsize=8, loc='upper right')
-    else: ax.legend(fontsize=8)
+        ax.legend(lines[0][0]+lines[1][0], lines[0][1]+lines[1][1], **_below)
+    else: ax.legend(**_below)
     ax = axs['rates']
-    for c in rates: _line(ax, h, c, smooth)
-    if _uses_thresh(self) and not thr_panel: ax.axhline(self.thresh, color='k', ls=':', lw=1, label=f'confidence threshold {self.thresh:g}')
-    if rates and h[rates].min().min() >= 0 and h[rates].max().max() <= 1: ax.set_ylim(-0.02, 1.02)
-    ax.set_title(', '.join(rates) or 'rates')
-    if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)
+    thr = _uses_thresh(self) and not thr_panel   # the threshold is a confidence, not a rate: named in the legend of the mask only
+    names = {'mask': f'mask (confidence ≥ {self.thresh:g})' if thr else 'mask', 'pl_acc': 'pl_acc (accuracy of the pseudo-labels)'}
+    for c in rates: _line(ax, h, c, smooth, label=names.get(c))
+    in01 = rates and h[rates].min().min() >= 0 and h[rates].max().max() <= 1
+    if in01: ax.set_ylim(-0.02, 1.02)
+    shares = in01 and all(c.startswith('mask') or c == 'pl_acc' for c in rates)   # Dash's `rho`, SoftMatch's `sigma` are not shares
+    ax.set_title(', '.join(rates) or 'rates'); ax.set_ylabel('share of items' if shares else 'value')
+    if ax.get_legend_handles_labels()[0]: ax.legend(**_below)
     vocab = L(getattr(self.dls, 'vocab', None))
     for k in panels[2:]:
         ax,cols = axs[k],vecs.get(k, [])
@@ -74,22 +94,26 @@ def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False
                     label=str(vocab[j]) if len(vocab) == len(cols) and len(cols) <= 10 else None)
         if k == 'thresholds':
             if 'thresh' in h: ax.plot(h.step, h.thresh, color='k', lw=2, label='thresh' + (' (mean)' if cols else ''))
-            if _uses_thresh(self): ax.axhline(self.thresh, color='k', ls=':', lw=1, label=f'`thresh` {self.thresh:g}')
-        ax.set_title(k + (' per class' if cols else ''))
-        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7, ncol=2)
+            if _uses_thresh(self): ax.axhline(self.thresh, color='k', ls=':', lw=1, label=f'thresh = {self.thresh:g}')
+        ax.set_title(k + (' per class' if cols else '')); ax.set_ylabel('confidence threshold' if k == 'thresholds' else k)
+        if ax.get_legend_handles_labels()[0]: ax.legend(**{**_below, 'fontsize': 7, 'ncol': 4})
     for ax in axs.values():
-        ax.set_xlabel('step')
+        ax.set_xlabel('step'); ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         for s in h.step[h.epoch.diff().fillna(0) != 0]: ax.axvline(s-0.5, color='grey', alpha=0.15, lw=0.8)   # epoch boundaries
-    fig.tight_layout()
+    desc = _data_desc(getattr(self, 'learn', None), _n_items(self.u_dl))
+    fig.suptitle(f"{type(self).__name__}" + (f" on {desc}" if desc else '') + f": {int(h.step.iloc[-1]):,} steps", fontsize=11)
     if return_fig: return fig
 
 # %% ../nbs/21_interpret.ipynb #e87c1735
 def _eval_dl(learn, src, with_labels:bool=False, bs:int|None=None):
     "A loader over every item of `src` once, in order, without augmentation: from an unlabeled loader, a folder, or items"
     if isinstance(src, (str, Path)):
-        if not Path(src).is_dir(): raise ValueError(f"`src`: no folder {src}")
-        src = get_image_files(src)
-        if not src: raise ValueError("`src`: no image files in that folder")
+        folder = Path(src)
+        if not folder.is_dir(): raise ValueError(f"`src`: no folder {folder}")
+        files = get_image_files(folder)
+        if not files: raise ValueError(f"`src`: no image files in {folder}")
+        src = readable_images(files)   # one warning names the files it skips
+        if not src: raise ValueError(f"`src`: none of the {len(files)} image files in {folder} can be read: replace them with images PIL can open")
     if isinstance(src, TfmdDL):
         ds,kw = src.dataset,dict(shuffle=False, drop_last=False, bs=bs or src.bs)
         if isinstance(ds, Datasets) and ds.n_inp > 1:   # views made by the loader's workers: look at the plain images instead
@@ -101,6 +125,25 @@ def _eval_dl(learn, src, with_labels:bool=False, bs:int|None=None):
     if not len(src): raise ValueError("`src` is empty: pass unlabeled items")
     return learn.dls.test_dl(src, with_labels=with_labels, **({'bs': bs} if bs else {}))
 
+def _shape_str(s): return '×'.join(map(str, s))
+
+def _check_shape(learn, dl):
+    "Refuse a loader `dl` whose first item's input differs in size or channels from those `learn` was trained on (if known)"
+    want = input_shape(learn)
+    if want is None or not len(dl.dataset): return
+    item = dl.do_item(0) if hasattr(dl, 'do_item') else dl.dataset[0]   # after the item transforms, as the model's inputs were
+    x = item[0] if isinstance(item, (tuple, list)) else item
+    if not isinstance(x, Tensor) or tuple(x.shape) == tuple(want): return
+    got,want = tuple(x.shape),tuple(want)
+    fixes = []
+    if len(got) == len(want) == 3 and got[0] != want[0]:
+        fixes.append({1: 'convert them to grayscale', 3: 'convert them to RGB'}.get(want[0], f'give them {want[0]} channels'))
+    if len(want) == 3 and got[-2:] != want[-2:]:
+        fixes.append(f"resize them to {want[1]}×{want[2]} (or add `Resize(({want[1]}, {want[2]}))` to the Learner's item transforms)")
+    dims = ' (channels×height×width)' if len(got) == len(want) == 3 else ''
+    raise ValueError(f"`src`: the images are {_shape_str(got)}{dims} but the model was trained on {_shape_str(want)}: "
+                     + (' and '.join(fixes) or f"give it inputs of shape {_shape_str(want)}"))
+
 def _labeled_counts(dls, n_cls):
     "How many labeled training items each class has, or `None` if `dls` does not say (an exported Learner)"
     ds = getattr(dls, 'train_ds', None)
@@ -110,6 +153,23 @@ def _labeled_counts(dls, n_cls):
     return np.bincount(ys, minlength=n_cls)
 
 # %% ../nbs/21_interpret.ipynb #d9796d80
+def _grid_shape(k:int, ncols:int|None=None):
+    "`(rows, cols)` for `k` images: `ncols` columns if given, else rows as full as can be (the last one at least half full), wider than tall"
+    if ncols: return math.ceil(k/ncols),min(ncols, k)
+    lo = math.ceil(math.sqrt(k))
+    c = min(range(lo, min(k, max(10, lo+4))+1), key=lambda c: (c*math.ceil(k/c) - k, abs(c - math.sqrt(1.5*k))))
+    return math.ceil(k/c),c
+
+def _wrap(text:str, width:float, fontsize:float=10)->str:
+    "`text` with each line wrapped to fit `width` inches at `fontsize` points"
+    import textwrap
+    n = max(int(width*72/(0.55*fontsize)), 10)
+    return '\n'.join(textwrap.fill(l, n, break_on_hyphens=False) for l in text.split('\n'))
+
+_COLORS = {'labeled': 'tab:blue', 'pseudo': 'tab:orange', 'hidden': 'tab:red'}   # any other share (pseudo ≥ thresh): green
+
+_KINDS = dict(most='most confident', least='least confident', wrong='confidently wrong', margin='lowest margin')
+
 class PseudoLabelInterpretation:
     "What a trained model makes of unlabeled items: pseudo-labels, confidences, margins, pictures, and which items to label next"
     def __init__(self, learn:Learner, dl:DataLoader, probs:Tensor, targs:Tensor|None=None, thresh:float|None=None):
@@ -124,6 +184,7 @@ class PseudoLabelInterpretation:
     def from_learner(cls, learn:Learner, src, with_labels:bool=False, bs:int|None=None, thresh:float|None=None):
         "Run `learn`'s model once (with a progress bar) over the unlabeled loader, folder or items `src`; `with_labels`: items carry hidden labels"
         dl = _eval_dl(learn, src, with_labels, bs)
+        _check_shape(learn, dl)
         probs,targs = learn.get_preds(dl=dl)
         if targs is not None and not (isinstance(targs, Tensor) and targs.ndim == 1 and len(targs) == len(probs)): targs = None
         if thresh is None: thresh = first(cb.thresh for cb in learn.cbs if isinstance(cb, SSLCallback) and _uses_thresh(cb))
@@ -134,6 +195,15 @@ class PseudoLabelInterpretation:
     def wrong(self)->Tensor:
         "Whether each pseudo-label differs from the hidden label (`None` without hidden labels)"
         return None if self.targs is None else self.pl != self.targs
+
+    @property
+    def method(self)->str|None:
+        "The class name of the Learner's SSL callback (`None` if it has none, as an exported Learner)"
+        return first(type(cb).__name__ for cb in self.learn.cbs if isinstance(cb, SSLCallback))
+
+    def _about(self)->str:
+        "The method and the data, for the pictures' titles"
+        return ' · '.join(o for o in (self.method, _data_desc(self.learn), f"{len(self):,} unlabeled items pseudo-labeled") if o)
 
     def table(self)->pd.DataFrame:
         "One row per unlabeled item: the item, its pseudo-label, confidence and margin (top-1 minus top-2 probability), and the hidden label if known"
@@ -154,17 +224,27 @@ class PseudoLabelInterpretation:
         return df
 
     def plot_distribution(self, figsize=None, return_fig:bool=False):
-        "Bar plot of the share of each class among the labeled items, the pseudo-labels (all and confident) and the hidden labels"
+        "The share of each class (a row each) among the labeled items, the pseudo-labels (all and confident) and the hidden labels"
         import matplotlib.pyplot as plt
         df = self.distribution()
-        shares = [k for k in df.columns if k.endswith(' %')]
-        fig,ax = plt.subplots(figsize=figsize or (min(max(5, 0.22*len(df)*len(shares)), 12), 3.2))
-        x,w = np.arange(len(df)),0.8/len(shares)
-        for i,k in enumerate(shares): ax.bar(x + (i-(len(shares)-1)/2)*w, df[k], w, label=k[:-2] + (' labels' if k == 'hidden %' else ''))
-        ax.axhline(100/len(df), color='grey', ls=':', lw=1, label='uniform')
-        ax.set_xticks(x); ax.set_xticklabels(df.index, rotation=45 if len(df) > 10 else 0); ax.set_ylabel('% of items')
-        ax.set_title('classes: labeled vs pseudo-labeled'); ax.legend(fontsize=8)
-        fig.tight_layout()
+        shares,n = [k for k in df.columns if k.endswith(' %')],len(df)
+        bars = n <= 25   # grouped bars; for more classes, a dot per share (bars would be too thin to see)
+        row = (0.07*len(shares) + 0.1) if bars else min(0.16, 12/n)   # inches per class
+        fig,ax = plt.subplots(figsize=figsize or (7, max(2.6, row*n + 1.3)), layout='constrained')
+        y,w = np.arange(n),0.8/len(shares)
+        for i,(k,m) in enumerate(zip(shares, 'osD^')):
+            lbl = k[:-2].replace('pseudo', 'pseudo-labels') + (' labels' if k == 'hidden %' else ' items' if k == 'labeled %' else '')
+            c = _COLORS.get(k[:-2], 'tab:green')
+            if bars: ax.barh(y + (i-(len(shares)-1)/2)*w, df[k], w, label=lbl, color=c)
+            else: ax.plot(df[k], y, m, ms=3.5, ls='none', label=lbl, color=c)
+        ax.axvline(100/n, color='grey', ls=':', lw=1, label=f'uniform ({100/n:.3g}%)')
+        step = 1 if bars else math.ceil(0.11/row)   # thin the class names where rows are lower than a line of text
+        ax.set_yticks(y[::step]); ax.set_yticklabels(df.index[::step], fontsize=8 if bars else 7)
+        ax.set_ylim(n-0.5, -0.5); ax.set_ylabel('class'); ax.set_xlabel('% of items')
+        if not bars: ax.grid(axis='y', color='grey', alpha=0.15, lw=0.5)
+        fig.suptitle(_wrap(f"Classes: labeled vs pseudo-labeled\n{self._about()}", fig.get_figwidth(), 10), fontsize=10)
+        hl = sorted(zip(*ax.get_legend_handles_labels()), key=lambda o: o[1].startswith('uniform'))   # the uniform share last
+        ax.legend(*zip(*hl), fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
         if return_fig: return fig
 
     def _order(self, kind:str, idxs:Tensor)->Tensor:
@@ -200,24 +280,28 @@ class PseudoLabelInterpretation:
         "The `n` items a person should label next (lowest margin, spread over the pseudo-label classes), as given to `from_learner`"
         return self.items[self.to_label_idxs(n).tolist()]
 
-    def show_pseudo_labels(self, k:int=9, kind:str='least', cls=None, by_class:bool=False, ncols:int|None=None, figsize=None):
-        "Grid of unlabeled images with pseudo-label and confidence: `k` by `kind` ('most', 'least', 'wrong', 'margin'), of class `cls`, or a row per class if `by_class`"
+    def show_pseudo_labels(self, k:int=9, kind:str='least', cls=None, by_class:bool=False, ncols:int|None=None, figsize=None, return_fig:bool=False):
+        "Grid of unlabeled images titled with pseudo-label and confidence (margin for `kind='margin'`): `k` by `kind` ('most', 'least', 'wrong', 'margin'), of class `cls`, or a row per class if `by_class`"
         import matplotlib.pyplot as plt
         if by_class: rows = [self.top(k, kind, c) for c in range(len(self.vocab))]
         else:
             idxs = self.top(k, kind, cls)
             if not len(idxs): raise ValueError(f"no item to show for kind={kind!r}" + (f" and cls={cls!r}" if cls is not None else ''))
-            ncols = ncols or min(len(idxs), 8)
-            rows = [idxs[i:i+ncols] for i in range(0, len(idxs), ncols)]
-        ncols = max(max(len(r) for r in rows), 1)
-        size = (1.05, 1.25) if by_class else (1.5, 1.85)
-        fig,axs = plt.subplots(len(rows), ncols, figsize=figsize or (size[0]*ncols + 0.4*by_class, size[1]*len(rows) + 0.3), squeeze=False, layout='constrained')
-        for ax in axs.flat: ax.set_axis_off()
+            nr,nc = _grid_shape(len(idxs), ncols)
+            rows = [idxs[i:i+nc] for i in range(0, len(idxs), nc)]
+        nc = max(max(len(r) for r in rows), 1)
+        w = min(1.05 if by_class else 1.5, 12/nc)   # inches per image
+        fig,axs = plt.subplots(len(rows), nc, figsize=figsize or (max(w*nc + 0.5*by_class, 3.5), (w + 0.3)*len(rows) + 0.7), squeeze=False, layout='constrained')
         for r,idxs in enumerate(rows):
-            for j,x in enumerate(self._images(idxs.tolist())): self._show(axs[r,j], x, int(idxs[j]), with_class=not by_class)
+            for j,x in enumerate(self._images(idxs.tolist())): self._show(axs[r,j], x, int(idxs[j]), kind, with_class=not by_class, fontsize=max(5.5, min(8, 7*w)))
+            for ax in axs[r, len(idxs):]:   # no empty frames: an empty cell goes, but the first of a row keeps its class name
+                if by_class and ax is axs[r,0]: ax.set_axis_off()
+                else: fig.delaxes(ax)
             if by_class: axs[r,0].text(-0.15, 0.5, str(self.vocab[r]), transform=axs[r,0].transAxes, ha='right', va='center', fontsize=10)
-        what = dict(most='most confident', least='least confident', wrong='confidently wrong', margin='lowest margin')[kind]
-        fig.suptitle(f"{what} pseudo-labels" + (" of each class" if by_class else f" of class {self.vocab[self._class_idx(cls)]}" if cls is not None else ''), fontsize=10)
+        what = f"{_KINDS[kind]} pseudo-labels" + (" of each class" if by_class else f" of class {self.vocab[self._class_idx(cls)]}" if cls is not None else '')
+        shown = '(titles: ' + ('' if by_class else 'pseudo-label · ') + ('margin, top-1 − top-2' if kind == 'margin' else 'confidence') + ')'
+        fig.suptitle(_wrap(f"{what} {shown}\n{self._about()}", fig.get_figwidth(), 10), fontsize=10)
+        if return_fig: return fig
 
     def _images(self, idxs):
         "The decoded images of the items at `idxs`, through the loader's transforms"
@@ -226,10 +310,32 @@ class PseudoLabelInterpretation:
         b = dl.after_batch(to_device(dl.do_batch([dl.do_item(i) for i in idxs]), dl.device))
         return [o[0] for o in dl.decode_batch(b, max_n=len(idxs))]
 
-    def _show(self, ax, x, i, with_class=True):
-        "Image `x` of item `i` on `ax`, titled with its pseudo-label (if `with_class`) and confidence, in red with the true class if wrong"
+    def _show(self, ax, x, i, kind='least', with_class=True, fontsize=8):
+        "Image `x` of item `i` on `ax`, titled with its pseudo-label (if `with_class`) and its margin (`kind='margin'`) or confidence, in red with the true class if wrong"
         wrong = self.targs is not None and bool(self.wrong[i])
-        title = (f"{self.vocab[self.pl[i]]} " if with_class else '') + f"{self.conf[i]:.2f}" + (f"\ntrue: {self.vocab[self.targs[i]]}" if wrong else '')
+        score = f"margin {self.margin[i]:.3f}" if kind == 'margin' else f"conf {self.conf[i]:.3f}"
+        title = (f"{self.vocab[self.pl[i]]} · " if with_class else '') + score + (f"\ntrue: {self.vocab[self.targs[i]]}" if wrong else '')
         if hasattr(x, "show"): x.show(ctx=ax, title=title)
         else: show_image(x, ax=ax, title=title)
-        ax.title.set_color('red' if wrong else 'black'); ax.title.set_fontsize(8)
+        ax.set_axis_off(); ax.title.set_color('red' if wrong else 'black'); ax.title.set_fontsize(fontsize)
+
+    def save_plots(self, folder, prefix:str='pseudo', k:int=16)->list:
+        "Save the class distribution and grids of the `k` most confident and lowest-margin items as PNGs `prefix`_….png in `folder`; the paths written"
+        import matplotlib.pyplot as plt
+        folder,k = Path(folder),min(k, len(self))
+        folder.mkdir(parents=True, exist_ok=True)
+        plots = {'distribution': lambda: self.plot_distribution(return_fig=True),
+                 'most_confident': lambda: self.show_pseudo_labels(k, 'most', return_fig=True),
+                 'lowest_margin': lambda: self.show_pseudo_labels(k, 'margin', return_fig=True)}
+        done = {}
+        try:
+            for name,make in plots.items():   # every picture under a temporary name first: a failure leaves earlier files as they were
+                fig = make()
+                try: fig.savefig(tmp := folder/f".{prefix}_{name}.png.tmp", format='png', dpi=100)
+                finally: plt.close(fig)
+                done[tmp] = folder/f"{prefix}_{name}.png"
+        except BaseException:
+            for tmp in done: tmp.unlink(missing_ok=True)
+            (folder/f".{prefix}_{name}.png.tmp").unlink(missing_ok=True)
+            raise
+        return [tmp.replace(dest) for tmp,dest in done.items()]

@@ -51,7 +51,8 @@ def test_history_per_step_no_sync_and_plot(digits, algo):
     # a step reads nothing from the device; an epoch's first step may (core's checks of the unlabeled data, a fresh loader's seed)
     assert len(counter.counts) == n
     syncs = [sum(c.values()) for c in counter.counts]
-    assert syncs[1:n//2] + syncs[n//2+1:] == [0]*(n-2) and syncs[0] + syncs[n//2] <= 4, f"host reads in the steps of {algo}: {counter.counts}"
+    once = {0, n//2} | ({1} if algo == 'dash' else set())   # Dash's first step after its warm-up measures ρ̂ on the validation set: its loader draws a seed, once a fit
+    assert all(s == 0 for i,s in enumerate(syncs) if i not in once) and sum(syncs[i] for i in once) <= 4 + (algo == 'dash'), f"host reads in the steps of {algo}: {counter.counts}"
     fig = cb.plot(return_fig=True)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0] == 'losses' and 'pl_acc' in titles[1]
