@@ -12,27 +12,81 @@ from .fixmatch import *
 from .losses import *
 from .align import batch_mean
 
+# %% ../nbs/32_dash.ipynb #a1d0e5f1
+def _n_batches(dl)->int|None:
+    "How many batches `dl` yields, or None if it cannot tell (an iterable loader)"
+    try: return len(dl)
+    except TypeError: return None
+
+def _valid_dl(dls):
+    "The Learner's validation loader, or None if `dls` has none or an empty one"
+    try: dl = dls.valid
+    except (IndexError, AttributeError): return None
+    return None if dl is None or _n_batches(dl) == 0 else dl
+
+def _held_out_loss(model:nn.Module, dl, loss_func, n_batches:int|None=None, device=None)->Tensor:
+    "Mean of `loss_func` over (the first `n_batches` of) the batches of `dl`, weighted by batch size: `model` in eval mode, no gradient, no host read"
+    model = get_model(model)
+    device = ifnone(device, first(model.parameters()).device)
+    modes = [(m, m.training) for m in model.modules()]   # restored one by one: frozen BatchNorm layers (`BnFreeze`) stay frozen
+    tot,n = torch.zeros((), device=device),0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b in itertools.islice(dl, n_batches):
+                b = to_device(b, device)
+                xb,yb = b[:getattr(dl, 'n_inp', 1)],b[getattr(dl, 'n_inp', 1):]
+                k = find_bs(yb)
+                tot,n = tot + loss_func(model(*xb), *yb).detach().float().mean().as_subclass(Tensor)*k,n + k
+    finally:
+        for m,t in modes: m.training = t
+    if not n: raise ValueError("`rho_init`: the validation loader yielded no batch; give `dls` validation data, or pass `rho_init`")
+    return tot/n
+
 # %% ../nbs/32_dash.ipynb #7785f227
 @delegates(but='thresh')
 class Dash(FixMatch):
     "Dash (Xu et al. 2021): pseudo-labels whose loss is under a threshold falling as C·γ^-(t-1)·ρ̂ to `rho_min`, after a supervised warm-up"
     stat_names = ('mask','rho')
     _stateattrs = FixMatch._stateattrs + ('rho_init',)
-    ssl_attrs = dict(rho_init=None)   # ρ̂: the supervised loss after the warm-up
+    ssl_attrs = dict(rho_init=None)   # ρ̂: the loss on held-out data at the end of the warm-up
     def __init__(self, u_dl, gamma:float=1.27, C:float=1.0001, rho_min:float=0.05, warmup:float=0.002, period:float=0.01,
-                 T:float=0.5, **kwargs):
+                 T:float=0.5, rho_init:float|None=None, rho_batches:int|None=50, **kwargs):
         if 'thresh' in kwargs: raise ValueError("Dash thresholds the loss on a schedule: remove `thresh` (its last value is `rho_min`)")
         if not gamma > 1: raise ValueError(f"`gamma` must be > 1, got {gamma}")
         if not C > 0: raise ValueError(f"`C` must be > 0, got {C}")
         if not rho_min > 0: raise ValueError(f"`rho_min` must be > 0, got {rho_min}")
         if not 0 <= warmup < 1: raise ValueError(f"`warmup` must be in [0, 1), a fraction of training, got {warmup}")
         if not 0 < period <= 1: raise ValueError(f"`period` must be in (0, 1], a fraction of training, got {period}")
+        if rho_init is not None and not rho_init > 0: raise ValueError(f"`rho_init` must be > 0 (a loss value), or None to measure it on the validation set; got {rho_init}")
+        if rho_batches is not None and not (isinstance(rho_batches, int) and rho_batches >= 1):
+            raise ValueError(f"`rho_batches` must be an int >= 1, or None for the whole validation set; got {rho_batches!r}")
         super().__init__(u_dl, T=T, **kwargs)
-        store_attr('gamma,C,rho_min,warmup,period')
+        store_attr('gamma,C,rho_min,warmup,period,rho_batches')
+        self.rho_given = rho_init   # ρ̂ as given, kept apart from the state `rho_init` (set at the end of the warm-up)
 
     def unlabeled_weight(self, progress):
         "0 during the warm-up, then as for any `SSLCallback`"
         return 0. if progress < self.warmup else super().unlabeled_weight(progress)
+
+    def before_train(self):
+        if self.rho_init is None and self.rho_given is None and _valid_dl(self.dls) is None:
+            raise ValueError("`rho_init`: Dash measures ρ̂ on the validation set and this Learner's `dls` has none; "
+                             "give `dls` validation data, or pass `rho_init` (ρ̂, a loss value such as a supervised run's validation loss)")
+        super().before_train()
+
+    def before_batch(self):
+        if self.rho_init is None and self.learn.pct_train >= self.warmup: self.rho_init = self.measure_rho()
+        super().before_batch()
+
+    def measure_rho(self)->Tensor:
+        "ρ̂: `rho_init` as given, or the model's mean loss on `rho_batches` batches of the validation set (averaged over processes)"
+        dev = first(get_model(self.learn.model).parameters()).device
+        if self.rho_given is not None: return torch.full((), float(self.rho_given), device=dev)
+        dl = _valid_dl(self.dls)
+        n = _n_batches(dl)
+        if self.rho_batches is not None and n is not None and n > self.rho_batches and hasattr(dl, 'new'): dl = dl.new(shuffle=True)   # a sample of a set sorted by class
+        return batch_mean(_held_out_loss(self.learn.model, dl, self.learn.loss_func, self.rho_batches, dev).reshape(1))
 
     def _scale(self, progress):
         "C·γ^-(t-1), t-1 the number of whole periods since the warm-up ended"
@@ -48,7 +102,7 @@ class Dash(FixMatch):
             zero = logits.new_zeros(len(logits))
             self.log_stats(mask=zero.mean(), rho=zero.mean())
             return masked_ce(p_strong, logits.argmax(1), zero)
-        if self.rho_init is None: self.rho_init = batch_mean(self.learn.loss.reshape(1))   # the labeled loss after the warm-up (mean over processes)
+        self.rho_init = self.rho_init.to(logits.device)   # after `learn.load`: from the CPU, once
         rho = self.rho(progress)
         hard = self._scale(progress)*self.rho_init <= self.rho_min   # on the device: no host sync
         target = torch.where(hard, F.one_hot(logits.argmax(1), logits.shape[1]).float(), F.softmax(logits/self.T, 1))
