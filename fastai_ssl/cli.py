@@ -8,8 +8,7 @@ __all__ = ['ALGOS', 'MODELS', 'OPTS', 'available_algos', 'algo_class', 'train_di
            'pseudo_label', 'main']
 
 # %% ../nbs/20_cli.ipynb #d491e95e
-import argparse, importlib, importlib.util, inspect, json, sys, time, warnings
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')   # torch's notice about fastai's code, not the user's
+import argparse, importlib, importlib.util, inspect, json, os, sys, time, warnings
 from fastai.vision.all import *
 from .core import SSLCallback
 from .augment import AugmentLabeled, WeakAug
@@ -109,7 +108,7 @@ def _epoch_lines(learn, log, n_epoch):
 
 def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_class:int|None=4, epochs:int=5, steps:int|None=None,
               seed:int=0, lr:float|None=None, bs:int=16, mu:int=7, model:str='small_cnn', flip:bool|None=None, size:int=32,
-              opt:str='sgd', quiet:bool=False, log:Callable|None=None, lines:bool=False):
+              opt:str='adam', quiet:bool=False, log:Callable|None=None, lines:bool=False):
     "Train `model` on `data` with `n_per_class` labels and `algo` ('supervised', a name in `ALGOS`, or a callable(u_dl)); return the Learner and a record of the run. `log` gets the data summary before training and, if `lines`, a line per epoch instead of the progress bar; `quiet`: neither"
     if epochs < 1 or (steps is not None and steps < epochs): raise ValueError(f"`epochs` must be >= 1 and `steps` >= `epochs`, got {epochs} and {steps}")
     if opt not in OPTS: raise ValueError(f"`opt` must be one of {', '.join(OPTS)}, got {opt!r}")
@@ -125,20 +124,46 @@ def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_clas
     if log is not None and not quiet: log(data_summary(counts))
     dls.train = with_steps(dls.train, per_epoch)
     net = make_model(model, _n_channels(dls), dls.c)
+    _check_model(net, dls, model)
     learn = Learner(dls, net, metrics=accuracy, opt_func=opt_func, cbs=_callbacks(algo, u_dl, ifnone(flip, data_flip), aug_labeled=True))
     ctx = [learn.no_bar(), learn.no_logging()] if quiet else [_epoch_lines(learn, log or noop, epochs)] if lines else []
+    timer = _TrainTime()
     with ContextManagers(ctx):
         start = time.perf_counter()
-        if opt == 'sgd': learn.fit_flat_cos(epochs, lr, pct_start=0.)
-        else: learn.fit_one_cycle(epochs, lr)
+        if opt == 'sgd': learn.fit_flat_cos(epochs, lr, pct_start=0., cbs=timer)
+        else: learn.fit_one_cycle(epochs, lr, cbs=timer)
         secs = time.perf_counter() - start
     hist = run_history(learn)
     name = algo if isinstance(algo, str) else type(first(learn.cbs, risinstance(SSLCallback))).__name__.lower()
     rec = dict(data=str(data), algo=name, labels_per_class=n_per_class, **counts, seed=seed, epochs=epochs,
                steps=epochs*per_epoch, bs=dls.train.bs, mu=mu if name != 'supervised' else None, opt=opt, lr=lr, model=model,
                n_params=sum(p.numel() for p in net.parameters()), device=str(next(net.parameters()).device),
-               accuracy=hist[-1]['accuracy'], seconds=secs, sec_per_step=secs/(epochs*per_epoch), history=hist)
+               accuracy=hist[-1]['accuracy'], seconds=secs, sec_per_step=secs/(epochs*per_epoch),   # validation included
+               train_seconds=timer.secs, train_sec_per_step=timer.secs/(epochs*per_epoch), history=hist)
     return learn,rec
+
+# %% ../nbs/20_cli.ipynb #b3f4a9e1
+def _one_line(o)->str: return ' '.join(str(o).split())
+
+class _TrainTime(Callback):
+    "Seconds spent in the training phases of a fit (`secs`), validation excluded"
+    def _now(self):
+        if torch.cuda.is_available(): torch.cuda.synchronize()   # the kernels queued by the last step belong to it
+        return time.perf_counter()
+    def before_fit(self): self.secs = 0.
+    def before_train(self): self.start = self._now()
+    def after_train(self): self.secs += self._now() - self.start
+
+def _check_model(net, dls, name:str):
+    "A one-line error if the model `net`, called `name`, cannot take two validation images of `dls`; random states are left as they were"
+    with no_random():
+        xb = dls.valid.one_batch()[0][:2].cpu()
+        try:
+            with torch.no_grad(): net.eval()(xb)
+        except Exception as e:
+            raise ValueError(f"`model` {name} cannot take images of {'×'.join(map(str, xb.shape[1:]))} (channels×height×width): "
+                             f"{type(e).__name__}: {_one_line(e).rstrip('.')}; choose another `model`, or for a folder of images a `size` it takes") from None
+        finally: net.train()
 
 # %% ../nbs/20_cli.ipynb #e79d7716
 def bench_runs(data:str='fashion-mnist', labels=(4, 25, 100), algos=('supervised', 'fixmatch'), seeds=(0,), steps:int=1000,
@@ -226,23 +251,71 @@ def plot_demo(rows, fname):
     fig.tight_layout(); fig.savefig(fname); plt.close(fig)
 
 # %% ../nbs/20_cli.ipynb #d059efc8
-def pseudo_label(model, data, out='pseudo.csv', bs:int=64, cpu:bool|None=None, progress:bool=True):
-    "Pseudo-label the images in the folder `data` with the exported Learner `model`: write the table of `PseudoLabelInterpretation` to the CSV `out`; return the interpretation"
-    model,data = Path(model),Path(data)
-    if not model.is_file(): raise FileNotFoundError(f"`model`: no file {model}; pass a Learner saved by `learn.export` (model.pkl of `fastai-ssl train`)")
-    if not data.is_dir(): raise ValueError(f"`data`: no folder {data}")
-    files = get_image_files(data)
-    if not files: raise ValueError(f"`data`: no image files in {data}")
+_EXPORT_FIX = "pass a Learner saved with `learn.export` (model.pkl of `fastai-ssl train`)"
+
+def _not_learner(fname, e)->str:
+    "Why the file `fname`, which `load_learner` failed on with the error `e`, is not an exported Learner"
+    try:
+        with warnings.catch_warnings():   # torch's notices about the file's pickle protocol
+            warnings.simplefilter('ignore')
+            o = torch.load(fname, map_location='cpu', weights_only=True)
+    except Exception: return f"is not a file `learn.export` wrote ({type(e).__name__}: {_one_line(e)})"
+    if isinstance(o, dict) and ('model' in o or all(isinstance(v, Tensor) for v in o.values())):
+        return "holds model weights (as `learn.save` writes them), not a whole Learner"
+    return f"holds a {type(o).__name__}, not a Learner"
+
+def _load_exported(fname, cpu:bool|None=None)->Learner:
+    "The Learner `learn.export` wrote to `fname`, on the GPU if there is one and not `cpu`; a one-line error for any other file"
+    fname = Path(fname)
+    if fname.is_dir(): raise ValueError(f"`model`: {fname} is a folder; {_EXPORT_FIX}")
+    if not fname.is_file(): raise FileNotFoundError(f"`model`: no file {fname}; {_EXPORT_FIX}")
+    if not fname.stat().st_size: raise ValueError(f"`model`: {fname} is an empty file; {_EXPORT_FIX}")
     with warnings.catch_warnings():   # fastai's notice that pickles can run code: the user names the file
         warnings.filterwarnings('ignore', message='load_learner')
-        learn = load_learner(model, cpu=ifnone(cpu, not torch.cuda.is_available()))
+        try: learn = load_learner(fname, cpu=ifnone(cpu, not torch.cuda.is_available()))
+        except Exception as e: raise ValueError(f"`model`: {fname} {_not_learner(fname, e)}; {_EXPORT_FIX}") from None
+    if not isinstance(learn, Learner): raise ValueError(f"`model`: {fname} holds a {type(learn).__name__}, not a Learner; {_EXPORT_FIX}")
+    return learn
+
+def _image_files(data)->L:
+    "The readable image files in the folder `data` and its subfolders (one warning names the others)"
+    files = get_image_files(data)
+    if not files: raise ValueError(f"`data`: no image files in {data} or its subfolders; pass a folder of images")
+    files = readable_images(files)
+    if not files: raise ValueError(f"`data`: none of the image files in {data} can be read; pass a folder of images PIL can open")
+    return files
+
+@contextmanager
+def _replacing(*fnames):
+    "Temporary paths beside `fnames` (folders made if missing) to write to, renamed over `fnames` if the block succeeds and removed if not"
+    fnames = [Path(f) for f in fnames]
+    tmps = [f.with_name(f".{f.stem}.{os.getpid()}.tmp{f.suffix}") for f in fnames]   # same suffix: savefig reads the format from it
+    for f in fnames: f.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmps
+        for t,f in zip(tmps, fnames):
+            if t.exists(): os.replace(t, f)
+    finally:
+        for t in tmps: t.unlink(missing_ok=True)
+
+def pseudo_label(model, data, out='pseudo.csv', bs:int=64, cpu:bool|None=None, progress:bool=True, to_label:int=0, to_label_out=None, plots:bool=True):
+    "Pseudo-label the readable images of the folder `data` with the exported Learner `model`: write the table of `PseudoLabelInterpretation` to the CSV `out` and, beside it, its pictures and the `to_label` images to label next; return the interpretation and the files written"
+    data = Path(data)
+    if not data.is_dir(): raise ValueError(f"`data`: {f'{data} is a file, not a folder' if data.is_file() else f'no folder {data}'}; pass a folder of images")
+    learn,files = _load_exported(model, cpu),_image_files(data)   # the quick checks first: reading every image takes a while
+    if not 0 <= to_label <= len(files): raise ValueError(f"`to_label`={to_label}: {data} has {len(files)} readable images; pass at most {len(files)}")
     with ContextManagers([] if progress else [learn.no_bar()]): interp = PseudoLabelInterpretation.from_learner(learn, files, bs=bs)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    interp.table().to_csv(out, index=False)
-    return interp
+    out = Path(out)
+    to_label_out = Path(ifnone(to_label_out, out.parent/'to_label.txt'))
+    with _replacing(out, to_label_out) as (csv,txt):   # every check came first; nothing is replaced unless all is written
+        interp.table().to_csv(csv, index=False)
+        if to_label: txt.write_text(''.join(f'{o}\n' for o in interp.to_label(to_label)))
+        pics = interp.save_plots(out.parent, prefix=out.stem) if plots else []
+    return interp,[out, *([to_label_out] if to_label else []), *pics]
 
 # %% ../nbs/20_cli.ipynb #9c100dcc
-_FLAGS = {'`n_per_class`': '--labels-per-class', '`mu`': '--mu', '`bs`': '--bs', '`path`': '--data', '`epochs`': '--epochs', '`steps`': '--steps'}
+_FLAGS = {'`n_per_class`': '--labels-per-class', '`mu`': '--mu', '`bs`': '--bs', '`path`': '--data', '`epochs`': '--epochs', '`steps`': '--steps',
+          '`model`': '--model', '`data`': '--data', '`src`': '--data', '`size`': '--size', '`to_label`': '--to-label'}
 
 def _flags(msg:str):
     "An error message of the library with its argument names spelled as the command's flags"
@@ -250,10 +323,13 @@ def _flags(msg:str):
     return msg
 
 _OPT_HELP = ("optimizer and schedule, the same for every method: "
-             "'sgd': SGD with Nesterov momentum 0.9 and weight decay 5e-4, the learning rate decayed along a cosine "
-             "from the first step to 0 (fit_flat_cos, pct_start=0), as in the FixMatch paper; "
              "'adam': fastai's Adam (betas 0.9 and 0.99, decoupled weight decay 0.01) with fit_one_cycle "
-             "(learning rate warmed up over the first 25%% of steps, then cosine-annealed)")
+             "(learning rate warmed up over the first 25%% of steps, then cosine-annealed), the better of the two "
+             "at a few hundred steps; "
+             "'sgd': SGD with Nesterov momentum 0.9 and weight decay 5e-4, the learning rate decayed along a cosine "
+             "from the first step to 0 (fit_flat_cos, pct_start=0), as in the FixMatch paper")
+_UNREADABLE = ("Image files that cannot be read (truncated, empty, or not an image PIL can open) are skipped, "
+               "with one warning line on stderr that counts them and names the first.")
 
 def _data_args(p, bench:bool=False):
     p.add_argument('--data', default='fashion-mnist',
@@ -264,7 +340,7 @@ def _data_args(p, bench:bool=False):
                         '(rounded down); each step takes --bs labeled and --mu×--bs unlabeled images' +
                         (' (default: %(default)s)' if bench else '; default: each epoch is one pass over the unlabeled '
                          'images (or over the labeled ones if there are more batches of them)'))
-    p.add_argument('--opt', default='sgd', choices=['sgd', 'adam'], help=_OPT_HELP + ' (default: %(default)s)')
+    p.add_argument('--opt', default='adam', choices=['sgd', 'adam'], help=_OPT_HELP + ' (default: %(default)s)')
     p.add_argument('--lr', type=float, default=None, help='(maximum) learning rate (default: 0.03 for sgd, 1e-2 for adam)')
     p.add_argument('--bs', type=int, default=16, help='labeled images per step (default: %(default)s)')
     p.add_argument('--mu', type=int, default=7, help='unlabeled images per labeled image in a step (default: %(default)s)')
@@ -273,45 +349,128 @@ def _data_args(p, bench:bool=False):
     p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
                    help='flip images in the unlabeled views (default: yes for fashion-mnist and folders, no for digits)')
 
-def _check(p, a, algos):
-    "Argument errors the parser cannot see, as one line each"
-    if a.data not in DATASETS and not Path(a.data).is_dir():
-        p.error(f"--data {a.data}: no such folder; pass 'fashion-mnist', 'digits' or a folder of images in class subfolders")
+def _unwritable(folder)->str|None:
+    "Why the folder `folder` cannot be made or written to, or `None` if it can"
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir(): return f"{folder} is a file, not a folder"
+    up = first(o for o in (folder, *folder.parents) if o.exists())   # the part of the path that exists
+    if not up.is_dir(): return f"{up} is a file, not a folder"
+    if not os.access(up, os.W_OK | os.X_OK): return f"{up} is not writable"
+
+def _check_out_dir(flag, folder):
+    "Refuse an output folder that cannot be made or written to"
+    if why := _unwritable(folder): raise ValueError(f"{flag} {folder}: {why}; pass a folder that can be made and written to")
+
+def _check_out_file(flag, fname, suffixes=None):
+    "Refuse an output file that is a folder, whose folder cannot be made or written to, or whose suffix is not among `suffixes`"
+    fname = Path(fname)
+    if fname.is_dir() or not fname.name: raise ValueError(f"{flag} {fname}: a folder; pass a file name")
+    if why := _unwritable(fname.parent): raise ValueError(f"{flag} {fname}: {why}; pass a file in a folder that can be made and written to")
+    if suffixes and fname.suffix.lower().lstrip('.') not in suffixes:
+        raise ValueError(f"{flag} {fname}: name a file ending in {', '.join('.'+o for o in suffixes)}")
+
+_MAX_DRAWS = 2**24   # images drawn in one epoch: `with_steps` lists their indices (~600 MB at this size)
+
+def _check(a, algos):
+    "Argument errors the parser cannot see, as one line each, before any data is read"
+    if not a.data or (a.data not in DATASETS and not Path(a.data).is_dir()):
+        raise ValueError(f"--data {a.data}: {'a file, not a folder' if Path(a.data).is_file() else 'no such folder'}; "
+                         "pass 'fashion-mnist', 'digits' or a folder of images in class subfolders")
     for n in ('epochs', 'bs', 'mu', 'size', 'steps', 'seeds'):
-        if getattr(a, n, None) is not None and getattr(a, n) < 1: p.error(f"--{n} must be >= 1")
-    for o in L(a.labels_per_class):
-        if o < 1: p.error('--labels-per-class must be >= 1')
+        if getattr(a, n, None) is not None and getattr(a, n) < 1: raise ValueError(f"--{n} must be >= 1")
+    if any(o < 1 for o in L(a.labels_per_class)): raise ValueError('--labels-per-class must be >= 1')
+    if a.lr is not None and not 0 < a.lr < math.inf: raise ValueError(f"--lr must be a number > 0, got {a.lr}")
+    if not 0 <= getattr(a, 'seed', 0) < 2**32: raise ValueError(f"--seed must be in 0..{2**32-1}, got {a.seed}")
+    if a.steps and a.steps//a.epochs*a.bs > _MAX_DRAWS:
+        raise ValueError(f"--steps {a.steps}: {a.steps//a.epochs:,} steps of --bs {a.bs} in one epoch draw more than {_MAX_DRAWS:,} images; "
+                         f"pass --epochs {-(-a.steps//(_MAX_DRAWS//a.bs))} or more, or fewer --steps")
     for algo in algos:
         if algo != 'supervised' and algo not in available_algos():
-            p.error(f"--algo {algo}: not in this version of fastai_ssl; available: supervised, {', '.join(available_algos())}")
-
-def _write_json(fname, obj):
-    Path(fname).parent.mkdir(parents=True, exist_ok=True)
-    Path(fname).write_text(json.dumps(obj, indent=1))
+            raise ValueError(f"--algo {algo}: not in this version of fastai_ssl; available: supervised, {', '.join(available_algos())}")
+    _check_out_dir('--out', a.out)
 
 def _lines(a):
     "Whether to print a line per epoch instead of a progress bar: `--quiet`, or by default when output is not a terminal"
     return a.quiet if a.quiet is not None else not sys.stdout.isatty()
 
 # %% ../nbs/20_cli.ipynb #3894dc63
-def _write_steps(learn, out):
-    "The per-step history of the SSL callback of `learn` as `steps.csv` and its plot as `steps.png` in `out`; the files written"
+def _write_steps(learn, csv, png)->bool:
+    "The per-step history of the SSL callback of `learn` to the file `csv` and its plot to `png`; whether there was one"
     import matplotlib.pyplot as plt
     cb = first(learn.cbs, risinstance(SSLCallback))
-    if cb is None or not len(cb.history): return []
-    cb.history.to_csv(out/'steps.csv', index=False)
+    if cb is None or not len(cb.history): return False
+    cb.history.to_csv(csv, index=False)
     fig = cb.plot(return_fig=True)
-    fig.savefig(out/'steps.png', dpi=100); plt.close(fig)
-    return [out/'steps.csv', out/'steps.png']
+    fig.savefig(png, dpi=100); plt.close(fig)
+    return True
 
-def main(argv=None):
-    "Entry point of the `fastai-ssl` command"
+def _train(a, argv):
+    _check(a, [a.algo])
+    kw = dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
+    learn,rec = train_ssl(a.data, a.algo, a.labels_per_class, a.epochs, a.steps, a.seed, **kw, log=partial(print, flush=True), lines=_lines(a))
+    files = [Path(a.out)/o for o in ('model.pkl', 'run.json', 'steps.csv', 'steps.png')]
+    with _replacing(*files) as (pkl,js,csv,png):
+        learn.export(pkl.absolute())
+        js.write_text(json.dumps(rec, indent=1))
+        if not _write_steps(learn, csv, png):
+            for f in files[2:]: f.unlink(missing_ok=True)   # an earlier run's steps: not this run's
+            files = files[:2]
+    print(f"{rec['algo']}: accuracy {rec['accuracy']:.4f} after {rec['steps']} steps ({rec['seconds']:.0f} s), "
+          f"{rec['n_labeled']:,} labeled + {rec['n_unlabeled']:,} unlabeled images, {rec['n_valid']:,} for validation\n"
+          f"wrote {', '.join(map(str, files))}")
+
+def _bench(a, argv):
+    algos = list(dict.fromkeys(o for x in a.algos for o in (['supervised', *available_algos()] if x == 'all' else [x])))
+    _check(a, algos)
+    kw = dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
+    rows = []
+    for r in bench_runs(a.data, a.labels_per_class, algos, range(a.seeds), a.steps, a.epochs, not a.no_reference, **kw):
+        rows.append(r)
+        print(f"{'supervised, all labels' if r.get('reference') else r['algo']:<22} {r['labels_per_class']:>5} labels/class  "
+              f"seed {r['seed']}  accuracy {r['accuracy']:.4f}  {r['sec_per_step']:.3f} s/step", flush=True)
+    print(bench_table(rows))
+    files = [Path(a.out)/'bench.json', Path(a.out)/'bench.png']
+    with _replacing(*files) as (js,png):
+        js.write_text(json.dumps(dict(command='fastai-ssl ' + ' '.join(argv if argv is not None else sys.argv[1:]), runs=rows), indent=1))
+        plot_bench(rows, png)
+    print(f"wrote {files[0]} and {files[1]}")
+
+def _demo(a, argv):
+    if a.labels_per_class < 1 or a.epochs < 1 or a.seeds < 1: raise ValueError('--labels-per-class, --epochs and --seeds must be >= 1')
+    if a.plot: _check_out_file('--plot', a.plot, ('png', 'pdf', 'svg'))
+    if a.json: _check_out_file('--json', a.json)
+    rows = demo(a.labels_per_class, a.epochs, range(a.seeds))
+    print(format_table(rows))
+    files = [f for f in (a.plot, a.json) if f]
+    with _replacing(*files) as tmps:
+        if a.plot: plot_demo(rows, tmps[0])
+        if a.json: tmps[-1].write_text(json.dumps(rows, indent=1))
+    if files: print(f"wrote {', '.join(files)}")
+
+def _pseudo_label(a, argv):
+    if a.bs < 1 or a.to_label < 0: raise ValueError('--bs must be >= 1 and --to-label >= 0')
+    _check_out_file('--out', a.out)
+    if a.to_label_out: _check_out_file('--to-label-out', a.to_label_out)
+    interp,files = pseudo_label(a.model, a.data, a.out, a.bs, True if a.cpu else None, not _lines(a), a.to_label, a.to_label_out)
+    dist = interp.distribution()
+    print(f"pseudo-labeled {len(interp):,} images of {a.data}; per class:\n" + dist[[c for c in dist if 'pseudo' in c]].to_string())
+    if a.to_label: print(f"the {a.to_label} images to label next are in {files[1]}")
+    print(f"wrote {', '.join(map(str, files))}")
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    "A warning as one line on stderr, without Python's file and line"
+    print(f"fastai-ssl: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+def _parser():
     p = argparse.ArgumentParser(prog='fastai-ssl', description='Semi-supervised learning for fastai')
     sub = p.add_subparsers(dest='cmd', required=True)
     choices = ['supervised', *ALGOS]
     t = sub.add_parser('train', help='train one model, export it and write a JSON record of the run and a plot of its steps',
                        description='Train one model; write model.pkl (learn.export), run.json (the data used, accuracy, per-epoch '
-                                   'metrics) and, for an SSL algorithm, steps.csv and steps.png (its per-step statistics) to --out.')
+                                   'metrics, timings) and, for an SSL algorithm, steps.csv and steps.png (its per-step statistics) to --out. '
+                                   'Arguments, data, model and --out are checked before the first step; files are written under '
+                                   'temporary names and renamed at the end, so a failed or interrupted run leaves earlier ones as they were. '
+                                   + _UNREADABLE)
     _data_args(t)
     t.add_argument('--labels-per-class', type=int, default=None, help='labeled images kept per class; the others become unlabeled (default: all)')
     t.add_argument('--algo', default='fixmatch', choices=choices, help='(default: %(default)s)')
@@ -333,11 +492,14 @@ def main(argv=None):
     d.add_argument('--labels-per-class', type=int, default=5)
     d.add_argument('--epochs', type=int, default=40)
     d.add_argument('--seeds', type=int, default=1, help='number of seeds to average')
-    d.add_argument('--plot', default=None, help='also write a bar chart to this PNG file')
+    d.add_argument('--plot', default=None, help='also write a bar chart to this PNG (or PDF, SVG) file')
     d.add_argument('--json', default=None, help='also write the result rows to this JSON file')
-    pl = sub.add_parser('pseudo-label', help='pseudo-label a folder of images with an exported model: a CSV to review, and what to label next',
+    pl = sub.add_parser('pseudo-label', help='pseudo-label a folder of images with an exported model: a CSV to review, pictures, and what to label next',
                         description='Run an exported model over the images of a folder; write a CSV with one row per image: '
-                                    'item, pseudo_label, confidence, margin (top-1 minus top-2 probability).')
+                                    'item, pseudo_label, confidence, margin (top-1 minus top-2 probability), and beside it PNGs of '
+                                    'the pseudo-label distribution and of the most confident and lowest-margin images (named after '
+                                    'the CSV: pseudo_distribution.png, ...). The model, the images and --to-label are checked before '
+                                    'anything is written. ' + _UNREADABLE)
     pl.add_argument('--model', required=True, help='an exported Learner: model.pkl of `fastai-ssl train`, or any `learn.export` file')
     pl.add_argument('--data', required=True, help='a folder of unlabeled images (subfolders included)')
     pl.add_argument('--out', default='pseudo.csv', help='the CSV to write (default: %(default)s)')
@@ -347,53 +509,19 @@ def main(argv=None):
     pl.add_argument('--bs', type=int, default=64, help='images per batch (default: %(default)s)')
     pl.add_argument('--cpu', action='store_true', help='run on the CPU even if a GPU is available')
     pl.add_argument('--quiet', action=argparse.BooleanOptionalAction, default=None, help='no progress bar (default: when output is not a terminal)')
-    a = p.parse_args(argv)
-    if a.cmd == 'demo':
-        if a.labels_per_class < 1 or a.epochs < 1 or a.seeds < 1: p.error('--labels-per-class, --epochs and --seeds must be >= 1')
-        try: rows = demo(a.labels_per_class, a.epochs, range(a.seeds))
-        except ValueError as e: p.error(str(e))
-        print(format_table(rows))
-        if a.plot: plot_demo(rows, a.plot)
-        if a.json: _write_json(a.json, rows)
-        return
-    if a.cmd == 'pseudo-label':
-        if a.bs < 1 or a.to_label < 0: p.error('--bs must be >= 1 and --to-label >= 0')
-        try:
-            interp = pseudo_label(a.model, a.data, a.out, a.bs, True if a.cpu else None, progress=not _lines(a))
-            if a.to_label > len(interp): raise ValueError(f"--to-label {a.to_label}: there are only {len(interp)} images")
-        except (ValueError, FileNotFoundError) as e: p.error(_flags(str(e)).replace('`model`', '--model').replace('`data`', '--data'))
-        dist = interp.distribution()
-        print(f"pseudo-labeled {len(interp):,} images of {a.data}; per class:\n" + dist[[c for c in dist if 'pseudo' in c]].to_string())
-        print(f"wrote {a.out}")
-        if a.to_label:
-            fn = Path(a.to_label_out or Path(a.out).parent/'to_label.txt')
-            fn.write_text(''.join(f'{o}\n' for o in interp.to_label(a.to_label)))
-            print(f"wrote the {a.to_label} images to label next to {fn}")
-        return
-    algos = ([a.algo] if a.cmd == 'train' else
-             list(dict.fromkeys(o for x in a.algos for o in (['supervised', *available_algos()] if x == 'all' else [x]))))
-    _check(p, a, algos)
-    kw = dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
-    out = Path(a.out)
-    try:
-        if a.cmd == 'train':
-            log = partial(print, flush=True)
-            learn,rec = train_ssl(a.data, a.algo, a.labels_per_class, a.epochs, a.steps, a.seed, **kw, log=log, lines=_lines(a))
-            out.mkdir(parents=True, exist_ok=True)
-            learn.export(out.absolute()/'model.pkl')
-            _write_json(out/'run.json', rec)
-            files = [out/'model.pkl', out/'run.json', *_write_steps(learn, out)]
-            print(f"{rec['algo']}: accuracy {rec['accuracy']:.4f} after {rec['steps']} steps ({rec['seconds']:.0f} s), "
-                  f"{rec['n_labeled']:,} labeled + {rec['n_unlabeled']:,} unlabeled images, {rec['n_valid']:,} for validation\n"
-                  f"wrote {', '.join(map(str, files))}")
-            return
-        rows = []
-        for r in bench_runs(a.data, a.labels_per_class, algos, range(a.seeds), a.steps, a.epochs, not a.no_reference, **kw):
-            rows.append(r)
-            print(f"{'supervised, all labels' if r.get('reference') else r['algo']:<22} {r['labels_per_class']:>5} labels/class  "
-                  f"seed {r['seed']}  accuracy {r['accuracy']:.4f}  {r['sec_per_step']:.3f} s/step", flush=True)
-    except (ValueError, FileNotFoundError) as e: p.error(_flags(str(e)))
-    print(bench_table(rows))
-    _write_json(out/'bench.json', dict(command='fastai-ssl ' + ' '.join(argv if argv is not None else sys.argv[1:]), runs=rows))
-    plot_bench(rows, out/'bench.png')
-    print(f"wrote {out/'bench.json'} and {out/'bench.png'}")
+    return p
+
+_COMMANDS = {'train': _train, 'bench': _bench, 'demo': _demo, 'pseudo-label': _pseudo_label}
+
+def main(argv=None):
+    "Entry point of the `fastai-ssl` command: a user error is one line on stderr and exit code 2, Ctrl-C exit code 130"
+    a = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        try: _COMMANDS[a.cmd](a, argv)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"fastai-ssl {a.cmd}: error: {_flags(_one_line(e))}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"fastai-ssl {a.cmd}: interrupted; files of earlier runs are as they were", file=sys.stderr)
+            sys.exit(130)
