@@ -50,7 +50,7 @@ def test_cli_errors_and_tiny_demo(tmp_path):
     r = run('demo', '--epochs', '0')
     assert r.returncode != 0 and '--epochs' in r.stderr.strip().splitlines()[-1]
     r = run('demo', '--labels-per-class', '1000')
-    assert r.returncode != 0 and 'lower `n_per_class`' in r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and 'lower --labels-per-class' in r.stderr.strip().splitlines()[-1]   # the flag, as the command spells it
     r = run('demo', '--epochs', '1', '--plot', 'demo.png', '--json', 'demo.json')
     assert r.returncode == 0, r.stderr
     assert 'supervised' in r.stdout and 'fixmatch' in r.stdout
