@@ -206,6 +206,7 @@ class SSLCallback(Callback):
     def __init__(self, u_dl, lambda_u:float=1., ramp:Callable|None=None, ema:float|None=None,
                  eval_teacher:bool=False, update_bn:bool=False):
         if not lambda_u >= 0: raise ValueError(f"`lambda_u` must be >= 0, got {lambda_u}")
+        if isinstance(u_dl, DataLoaders): raise ValueError("`u_dl` is a `DataLoaders` (the labeled `dls`?): pass one loader of unlabeled items, e.g. `unlabeled_dl(items, dls)`")
         if ramp is not None and not callable(ramp): raise ValueError("`ramp` must be a callable of (progress, step), e.g. `LinearRamp(0.2)`")
         if ema is not None and not 0 <= ema < 1: raise ValueError(f"`ema` must be in [0, 1) or None, got {ema}")
         if eval_teacher and ema is None: raise ValueError("`eval_teacher=True` needs a teacher: pass `ema`, e.g. `ema=0.999`")

@@ -294,3 +294,9 @@ def test_validate_before_any_fit(digits):
     quiet_fit(learn, 1)
     opt_ids = {id(p) for g in learn.opt.param_lists for p in g}
     assert all(id(p) in opt_ids for p in ssl_cb(learn).heads.parameters()) and len(ssl_cb(learn).history) == 3 and learn.loss_func is lf
+
+def test_labeled_dataloaders_as_u_dl_says_so(digits):
+    "Passing the labeled `DataLoaders` where the unlabeled loader goes is refused when the callback is made, not at the first batch"
+    dls,_ = digits
+    test_fail(lambda: FixMatch(dls), contains='`u_dl` is a `DataLoaders`')
+    test_fail(lambda: FixMatch(dls), contains='unlabeled_dl(items, dls)')
