@@ -120,10 +120,15 @@ def _eval_dl(learn, src, with_labels:bool=False, bs:int|None=None):
             ds = Datasets(ds.items, tfms=[learn.dls.train_ds.tfms[0].fs] + [t.fs for t in ds.tfms[ds.n_inp:]], n_inp=1, split_idx=1, do_setup=False)
             return src.new(ds, **kw)
         return src.new(**kw)
-    if isinstance(src, torch.utils.data.DataLoader):
-        raise ValueError("`src` must be a fastai loader (e.g. from `unlabeled_dl`), a folder, or a list of items")
+    if isinstance(src, (torch.utils.data.DataLoader, DataLoader)):   # a plain loader: its batches may be shuffled, and how to preprocess them is unknown
+        raise ValueError("`src` is a plain DataLoader: pass its items (a folder, image files, arrays) or a loader from `unlabeled_dl(items, dls)`")
     if not len(src): raise ValueError("`src` is empty: pass unlabeled items")
-    return learn.dls.test_dl(src, with_labels=with_labels, **({'bs': bs} if bs else {}))
+    dl = learn.dls.test_dl(src, with_labels=with_labels, **({'bs': bs} if bs else {}))
+    try: dl.do_item(0)
+    except Exception as e:
+        raise ValueError(f"`src`: the Learner's transforms cannot read its first item ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                         "pass items of the kind it was trained on (image files, a folder), or a loader from `unlabeled_dl`") from e
+    return dl
 
 def _shape_str(s): return '×'.join(map(str, s))
 
@@ -265,6 +270,7 @@ class PseudoLabelInterpretation:
 
     def top(self, k:int=9, kind:str='least', cls=None)->Tensor:
         "Indices of the `k` first items by `kind` ('most', 'least' confident, 'wrong', 'margin'), among those pseudo-labeled `cls` if given"
+        if not (isinstance(k, int) and k >= 1): raise ValueError(f"`k` must be an int >= 1, got {k!r}")
         c = self._class_idx(cls)
         idxs = torch.arange(len(self)) if c is None else torch.where(self.pl == c)[0]
         return self._order(kind, idxs)[:k]
@@ -323,6 +329,7 @@ class PseudoLabelInterpretation:
         "Save the class distribution and grids of the `k` most confident and lowest-margin items as PNGs `prefix`_….png in `folder`; the paths written"
         import matplotlib.pyplot as plt
         folder,k = Path(folder),min(k, len(self))
+        if folder.exists() and not folder.is_dir(): raise ValueError(f"`folder`: {folder} is a file: pass a folder for the pictures")
         folder.mkdir(parents=True, exist_ok=True)
         plots = {'distribution': lambda: self.plot_distribution(return_fig=True),
                  'most_confident': lambda: self.show_pseudo_labels(k, 'most', return_fig=True),

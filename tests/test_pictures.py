@@ -217,3 +217,19 @@ def test_unreadable_files_skipped_with_one_warning(trained, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         test_fail(lambda: _interp(learn, tmp_path/'u'), contains='none of the 2 image files')
+
+@pytest.mark.parametrize('make', [lambda x: torch.utils.data.DataLoader(x, batch_size=64), lambda x: DataLoader(TensorImage(x), bs=64)], ids=['torch', 'fastai'])
+def test_plain_loader_refused_in_one_line(trained, make):
+    "A plain loader (torch's or fastai's) has no transforms to read its items by: refused, naming what to pass"
+    x = torch.randint(0, 255, (100, 1, 8, 8), dtype=torch.uint8)
+    test_fail(lambda: _interp(trained[0], make(x)), contains='`src` is a plain DataLoader: pass its items')
+
+def test_items_the_transforms_cannot_read(trained):
+    "Items of another kind than the training ones: one line naming the first item's error, before any prediction"
+    test_fail(lambda: _interp(trained[0], [torch.zeros(1, 8, 8, dtype=torch.uint8)]), contains="transforms cannot read its first item")
+
+def test_bad_k_and_save_plots_into_a_file(interp, tmp_path):
+    for k in (0, -3, 2.5): test_fail(lambda: interp.show_pseudo_labels(k), contains='`k` must be an int >= 1')
+    f = tmp_path/'pics'; f.write_text('keep me')
+    test_fail(lambda: interp.save_plots(f), contains='is a file: pass a folder')
+    assert f.read_text() == 'keep me'
