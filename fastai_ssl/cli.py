@@ -277,14 +277,6 @@ def _load_exported(fname, cpu:bool|None=None)->Learner:
     if not isinstance(learn, Learner): raise ValueError(f"`model`: {fname} holds a {type(learn).__name__}, not a Learner; {_EXPORT_FIX}")
     return learn
 
-def _image_files(data)->L:
-    "The readable image files in the folder `data` and its subfolders (one warning names the others)"
-    files = get_image_files(data)
-    if not files: raise ValueError(f"`data`: no image files in {data} or its subfolders; pass a folder of images")
-    files = readable_images(files)
-    if not files: raise ValueError(f"`data`: none of the image files in {data} can be read; pass a folder of images PIL can open")
-    return files
-
 @contextmanager
 def _replacing(*fnames):
     "Temporary paths beside `fnames` (folders made if missing) to write to, renamed over `fnames` if the block succeeds and removed if not"
@@ -302,7 +294,7 @@ def pseudo_label(model, data, out='pseudo.csv', bs:int=64, cpu:bool|None=None, p
     "Pseudo-label the readable images of the folder `data` with the exported Learner `model`: write the table of `PseudoLabelInterpretation` to the CSV `out` and, beside it, its pictures and the `to_label` images to label next; return the interpretation and the files written"
     data = Path(data)
     if not data.is_dir(): raise ValueError(f"`data`: {f'{data} is a file, not a folder' if data.is_file() else f'no folder {data}'}; pass a folder of images")
-    learn,files = _load_exported(model, cpu),_image_files(data)   # the quick checks first: reading every image takes a while
+    learn,files = _load_exported(model, cpu),folder_images(data, 'data', 'images')   # the quick checks first: reading every image takes a while
     if not 0 <= to_label <= len(files): raise ValueError(f"`to_label`={to_label}: {data} has {len(files)} readable images; pass at most {len(files)}")
     with ContextManagers([] if progress else [learn.no_bar()]): interp = PseudoLabelInterpretation.from_learner(learn, files, bs=bs)
     out = Path(out)

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'DATASETS', 'split_labeled', 'ResidentData', 'DeviceDL', 'resident_dl',
-           'readable_images', 'unlabeled_dl', 'arrays_dls', 'digits_arrays', 'digits_dls', 'read_idx',
+           'readable_images', 'folder_images', 'unlabeled_dl', 'arrays_dls', 'digits_arrays', 'digits_dls', 'read_idx',
            'fashion_mnist_arrays', 'fashion_mnist_dls', 'folder_dls', 'get_data', 'EpochSampler', 'with_steps']
 
 # %% ../nbs/02_data.ipynb #9d1ce404
@@ -184,15 +184,15 @@ def _resident(dl, resident:bool|None):
         if resident: raise ValueError(f"`resident=True`: this loader cannot keep its items on the device: {e}; pass `resident=False`") from None
         return dl
 
-def _image_folder(path)->L:
-    "The readable image files under the folder `path`, as `get_image_files` finds them"
+def folder_images(path, arg:str='items', what:str='unlabeled images')->L:
+    "The readable image files under the folder `path`, as `get_image_files` finds them; errors name the argument `arg`, a folder of `what`"
     path = Path(path)
-    if not path.is_dir(): raise FileNotFoundError(f"`items`: no folder {path}: pass a folder of images or a list of items")
+    if not path.is_dir(): raise FileNotFoundError(f"`{arg}`: no folder {path}: pass a folder of images or a list of items")
     files = get_image_files(path)
-    if not files: raise ValueError(f"`items`: no image files in {path} or its subfolders: pass the folder of unlabeled images")
-    files = readable_images(files)
-    if not files: raise ValueError(f"`items`: none of the image files in {path} can be read: pass a folder of readable images")
-    return files
+    if not files: raise ValueError(f"`{arg}`: no image files in {path} or its subfolders: pass the folder of {what}")
+    ok = readable_images(files)   # one warning names the files it skips
+    if not ok: raise ValueError(f"`{arg}`: none of the {len(files)} image files in {path} can be read: pass a folder of images PIL can open")
+    return ok
 
 _MAX_HASHED = 2**28   # bytes of array items compared by content: 256 MB, Fashion-MNIST's 70,000 images 55 MB
 
@@ -221,7 +221,7 @@ def unlabeled_dl(items, # Unlabeled items: a list, the rows of a table, or a fol
                  dls:DataLoaders, mu:int=7, bs:int|None=None, with_labels:bool=False, views=None, resident:bool|None=None, **kwargs):
     "Loader of `mu`×`dls.bs` unlabeled `items` per batch, through `dls`' transforms without their augmentation; `resident`: images decoded once and kept on `dls.device` (default: where they fit)"
     if not (isinstance(mu, int) and mu >= 1): raise ValueError(f"`mu` must be an int >= 1, got {mu!r}")
-    if isinstance(items, (str, Path)): items = _image_folder(items)
+    if isinstance(items, (str, Path)): items = folder_images(items)
     items = L(items, use_list=None)   # a table stays a table, read by rows
     if not len(items): raise ValueError("`items` is empty: `unlabeled_dl` needs unlabeled items")
     ds = getattr(dls.train_ds, 'src', dls.train_ds)   # a `DeviceDL`'s `ResidentData` holds the `Datasets` it decoded

@@ -9,7 +9,7 @@ __all__ = ['PseudoLabelInterpretation']
 import inspect, math, re
 from fastai.vision.all import *
 from .core import SSLCallback, input_shape
-from .data import readable_images
+from .data import folder_images
 
 # %% ../nbs/21_interpret.ipynb #33c72d29
 def _vector_stats(cols):
@@ -107,13 +107,7 @@ def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False
 # %% ../nbs/21_interpret.ipynb #e87c1735
 def _eval_dl(learn, src, with_labels:bool=False, bs:int|None=None):
     "A loader over every item of `src` once, in order, without augmentation: from an unlabeled loader, a folder, or items"
-    if isinstance(src, (str, Path)):
-        folder = Path(src)
-        if not folder.is_dir(): raise ValueError(f"`src`: no folder {folder}")
-        files = get_image_files(folder)
-        if not files: raise ValueError(f"`src`: no image files in {folder}")
-        src = readable_images(files)   # one warning names the files it skips
-        if not src: raise ValueError(f"`src`: none of the {len(files)} image files in {folder} can be read: replace them with images PIL can open")
+    if isinstance(src, (str, Path)): src = folder_images(src, 'src', 'images')
     if isinstance(src, TfmdDL):
         ds,kw = src.dataset,dict(shuffle=False, drop_last=False, bs=bs or src.bs)
         if isinstance(ds, Datasets) and ds.n_inp > 1:   # views made by the loader's workers: look at the plain images instead
