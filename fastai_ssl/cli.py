@@ -396,9 +396,13 @@ def _write_steps(learn, csv, png)->bool:
     fig.savefig(png, dpi=100); plt.close(fig)
     return True
 
+def _run_kw(a)->dict:
+    "The arguments of `train_ssl` that `train` and `bench` share"
+    return dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
+
 def _train(a, argv):
     _check(a, [a.algo])
-    kw = dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
+    kw = _run_kw(a)
     learn,rec = train_ssl(a.data, a.algo, a.labels_per_class, a.epochs, a.steps, a.seed, **kw, log=partial(print, flush=True), lines=_lines(a))
     files = [Path(a.out)/o for o in ('model.pkl', 'run.json', 'steps.csv', 'steps.png')]
     with _replacing(*files) as (pkl,js,csv,png):
@@ -414,7 +418,7 @@ def _train(a, argv):
 def _bench(a, argv):
     algos = list(dict.fromkeys(o for x in a.algos for o in (['supervised', *available_algos()] if x == 'all' else [x])))
     _check(a, algos)
-    kw = dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
+    kw = _run_kw(a)
     rows = []
     for r in bench_runs(a.data, a.labels_per_class, algos, range(a.seeds), a.steps, a.epochs, not a.no_reference, **kw):
         rows.append(r)

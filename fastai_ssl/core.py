@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['LinearRamp', 'SigmoidRamp', 'bn_frozen', 'shard', 'UnlabeledStream', 'parse_unlabeled', 'missing_norms', 'Preprocess',
-           'check_scale', 'unlabeled_prep', 'is_missing_label', 'SSLCallback', 'input_shape']
+           'check_scale', 'unlabeled_prep', 'is_missing_label', 'SSLCallback', 'item_shape', 'input_shape']
 
 # %% ../nbs/00_core.ipynb #1f5f658e
 import weakref
@@ -492,7 +492,7 @@ def _rng_kept():
     try: yield
     finally: random.setstate(s[0]); np.random.set_state(s[1]); torch.random.set_rng_state(s[2])
 
-def _item_shape(dl)->tuple|None:
+def item_shape(dl)->tuple|None:
     "The shape of the input of `dl`'s first item after its item transforms (decoded already in a resident `DeviceDL`); `None` without items"
     ds = getattr(dl, 'dataset', None)
     try:
@@ -505,7 +505,7 @@ def _item_shape(dl)->tuple|None:
 def input_shape(learn)->tuple|None:
     "The shape of one training input item of `learn` (`(C, H, W)` for images): recorded by `learn.export`, else read from `learn.dls.train`; `None` if neither tells"
     s = learn.__dict__.get('_input_shape')
-    return tuple(s) if s is not None else _item_shape(getattr(getattr(learn, 'dls', None), 'train', None))
+    return tuple(s) if s is not None else item_shape(getattr(getattr(learn, 'dls', None), 'train', None))
 
 if not hasattr(Learner, '_export_pickle'): Learner._export_pickle = Learner.export
 

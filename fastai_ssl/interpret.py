@@ -8,7 +8,7 @@ __all__ = ['PseudoLabelInterpretation']
 # %% ../nbs/21_interpret.ipynb #a3dd4b2e
 import inspect, math, re
 from fastai.vision.all import *
-from .core import SSLCallback, input_shape
+from .core import SSLCallback, input_shape, item_shape
 from .data import folder_images
 
 # %% ../nbs/21_interpret.ipynb #33c72d29
@@ -128,12 +128,9 @@ def _shape_str(s): return '×'.join(map(str, s))
 
 def _check_shape(learn, dl):
     "Refuse a loader `dl` whose first item's input differs in size or channels from those `learn` was trained on (if known)"
-    want = input_shape(learn)
-    if want is None or not len(dl.dataset): return
-    item = dl.do_item(0) if hasattr(dl, 'do_item') else dl.dataset[0]   # after the item transforms, as the model's inputs were
-    x = item[0] if isinstance(item, (tuple, list)) else item
-    if not isinstance(x, Tensor) or tuple(x.shape) == tuple(want): return
-    got,want = tuple(x.shape),tuple(want)
+    want,got = input_shape(learn),item_shape(dl)   # after the item transforms, as the model's inputs were
+    if want is None or got is None or got == tuple(want): return
+    want = tuple(want)
     fixes = []
     if len(got) == len(want) == 3 and got[0] != want[0]:
         fixes.append({1: 'convert them to grayscale', 3: 'convert them to RGB'}.get(want[0], f'give them {want[0]} channels'))
