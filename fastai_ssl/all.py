@@ -1,4 +1,8 @@
 "Everything a user needs: `from fastai_ssl.all import *`, as `fastai.vision.all`"
+from .distrib import *
+from .unlabeled import *
+from .steplog import *
+from .learner import *
 from .core import *
 from .teacher import *
 from .losses import *

@@ -10,7 +10,7 @@ from fastai.vision.all import *
 from .core import *
 from .fixmatch import *
 from .losses import *
-from .align import batch_mean
+from .distrib import batch_mean
 
 # %% ../nbs/32_dash.ipynb #a1d0e5f1
 def _n_batches(dl)->int|None:

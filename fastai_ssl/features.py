@@ -9,7 +9,7 @@ __all__ = ['feature_module', 'n_features', 'FeatureHook', 'mlp_head', 'rotate_qu
 # %% ../nbs/07_features.ipynb #dd0a8963
 from fastai.basics import *
 from .core import *
-from .core import _ddp
+from .distrib import ddp
 from .align import *
 
 # %% ../nbs/07_features.ipynb #ea684458
@@ -232,7 +232,7 @@ class WithFeatures:
         self.feats_l,self.feats_u,self._aux = None,None,None
 
     def after_backward(self):
-        if not _ddp() or self.heads is None: return
+        if not ddp() or self.heads is None: return
         for p in self.heads.parameters():   # the heads are outside DDP's model: average their gradients as it does
             if p.grad is not None:
                 torch.distributed.all_reduce(p.grad)

@@ -8,7 +8,8 @@ __all__ = ['PseudoLabelInterpretation']
 # %% ../nbs/21_interpret.ipynb #a3dd4b2e
 import inspect, math, re
 from fastai.vision.all import *
-from .core import SSLCallback, input_shape, item_shape
+from .core import SSLCallback
+from .learner import input_shape, item_shape
 from .data import folder_images
 
 # %% ../nbs/21_interpret.ipynb #33c72d29

@@ -10,6 +10,7 @@ from fastai.vision.all import *
 from .core import *
 from .augment import *
 from .losses import *
+from .teacher import bn_frozen
 
 # %% ../nbs/12_meanteacher.ipynb #70101813
 @delegates()

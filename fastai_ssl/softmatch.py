@@ -11,6 +11,7 @@ from .core import *
 from .fixmatch import *
 from .losses import *
 from .align import *
+from .distrib import batch_mean
 
 # %% ../nbs/31_softmatch.ipynb #c93f39ef
 @delegates(but='thresh')

@@ -71,7 +71,7 @@ class _SyncsOn(Callback):
     order = SSLCallback.order - 1
     def before_batch(self):
         cb = first(self.learn.cbs, risinstance(SSLCallback))
-        if self.training and cb._n > 0: torch.cuda.set_sync_debug_mode('error')
+        if self.training and cb.steplog.n > 0: torch.cuda.set_sync_debug_mode('error')
 
 class _SyncsOff(Callback):
     "... to the end of its `after_loss`: fastai's own Recorder reads the loss on the host in `after_batch`"

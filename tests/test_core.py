@@ -128,7 +128,7 @@ def test_export_holds_no_unlabeled_data(digits, tmp_path):
     learn.export('model.pkl')
     assert learn.fix_match.u_dl is u_dl                          # the live Learner keeps its data
     loaded = load_learner(tmp_path/'model.pkl')
-    assert loaded.fix_match.u_dl is None and loaded.fix_match.stream is None
+    assert loaded.fix_match.u_dl is None and loaded.fix_match.unlabeled is None
     img = PILImageBW.create(digits_arrays()[2][0])
     pred,_,probs = loaded.predict(img)
     assert probs.shape == (10,)

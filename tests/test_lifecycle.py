@@ -3,7 +3,7 @@ import pickle, random
 import pytest
 from fastai.vision.all import *
 from fastai_ssl.all import *
-from fastai_ssl.core import input_shape
+from fastai_ssl.learner import input_shape
 from fastai_ssl.simmatch import SimMatch
 from conftest import quiet_fit, ssl_cb, write_pngs
 
@@ -172,7 +172,7 @@ def _interrupted(make_cb, exc, phase, n, tmp_path):
     lf,cbs = learn.loss_func,_cbs(learn)
     with pytest.raises(exc, match='tripped in forward'): quiet_fit(learn, 1, cbs=ArmAt(trip, exc, phase, n))
     assert learn.model is model and learn.loss_func is lf and _cbs(learn) == cbs
-    assert ssl_cb(learn).stream.it is None and ssl_cb(learn).pred_u is None   # the interrupted unlabeled pass (and a loader's workers) let go
+    assert ssl_cb(learn).unlabeled.stream.it is None and ssl_cb(learn).pred_u is None   # the interrupted unlabeled pass (and a loader's workers) let go
     assert _no_hooks(model) and _no_hooks(ssl_cb(learn).teacher.model if ssl_cb(learn).teacher else model)
     bns = _bns(model)
     assert all(m.track_running_stats for m in bns) and len({m.training for m in bns}) == 1   # no BatchNorm left frozen or in another mode

@@ -143,7 +143,7 @@ class EnterProbe(Callback):
         self.probe.__enter__()
     def before_batch(self):
         if not self.training: return
-        self.skip = _ssl(self.learn)._n == 0
+        self.skip = _ssl(self.learn).steplog.n == 0
         if not self.skip:
             self.steps += 1
             self._enter()
