@@ -29,8 +29,8 @@ class AdaMatch(FixMatch):
         "`thresh` times the mean confidence of the labeled predictions `probs_l`"
         return self.thresh*probs_l.max(1)[0].mean()
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        probs = F.softmax(p_weak.detach().float().as_subclass(Tensor)/self.T, 1)
+    def unlabeled_loss(self, weak, strong):
+        probs = F.softmax(weak.detach().float().as_subclass(Tensor)/self.T, 1)
         probs_l = F.softmax(self.pred.detach().float().as_subclass(Tensor)/self.T, 1)   # `learn.pred`: the labeled logits
         if self.dist_align: probs,self.p_model,self.p_target = self.da(probs, self.p_model, self.p_target, probs_l)
         thr = self.relative_threshold(probs_l)
@@ -38,4 +38,4 @@ class AdaMatch(FixMatch):
         mask = (conf >= thr).float()
         self.log_stats(mask=mask.mean(), thresh=thr)
         self.log_pseudo(pl, mask)
-        return masked_ce(p_strong, pl, mask)
+        return masked_ce(strong, pl, mask)

@@ -13,7 +13,6 @@ from fastai.vision.all import *
 from .core import SSLCallback
 from .augment import AugmentLabeled, WeakAug
 from .data import *
-from .data import _get_data
 from .models import *
 from .interpret import PseudoLabelInterpretation
 
@@ -114,7 +113,7 @@ def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_clas
     if opt not in OPTS: raise ValueError(f"`opt` must be one of {', '.join(OPTS)}, got {opt!r}")
     opt_func,lr = OPTS[opt][0],ifnone(lr, OPTS[opt][1])
     set_seed(seed)
-    dls,u_dl,data_flip,n_per_class,sources = _get_data(data, n_per_class, bs, mu, seed, size)
+    dls,u_dl,data_flip,n_per_class,sources = described_data(data, n_per_class, bs, mu, seed, size)
     if algo != 'supervised' and u_dl is None:
         raise ValueError(f"{data} has no unlabeled images for {algo!r}: pass `n_per_class` (the other labeled images become unlabeled) or add an `unlabeled/` folder")
     per_epoch = steps//epochs if steps else max(len(dls.train), len(u_dl) if u_dl is not None else 0)

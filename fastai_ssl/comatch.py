@@ -60,12 +60,13 @@ class CoMatch(WithFeatures, FixMatch):
 
     def unlabeled_views(self, views):
         "The loader's `(weak, strong, strong)` views, or those made here from its plain images"
-        return views if len(views) == 3 else [self.weak(views[0]), self.strong(views[0]), self.strong(views[0])]
+        w,s,s2 = views if len(views) == 3 else (self.weak(views[0]), self.strong(views[0]), self.strong(views[0]))
+        return dict(weak=w, strong=s, strong2=s2)
 
-    def unlabeled_loss(self, p_weak, p_strong, p_strong2):
-        z_l,z_w,z_1,z_2 = [self.embed(f) for f in (self.feats_l, *self.feats_u)]
+    def unlabeled_loss(self, weak, strong, strong2):
+        z_l,z_w,z_1,z_2 = [self.embed(f) for f in (self.feats_l, *self.feats_u.values())]
         with torch.no_grad():
-            p = aligned(self, F.softmax(p_weak.detach().float(), 1), F.softmax(self.pred.detach().float(), 1))
+            p = aligned(self, F.softmax(weak.detach().float(), 1), F.softmax(self.pred.detach().float(), 1))
             q = p
             if self.bank.full: q = memory_smooth(p, z_w, *self.bank.get(), self.T, self.alpha)   # a host-side count: no sync
             y = F.one_hot(self.y.as_subclass(Tensor).long(), p.shape[1]).float()
@@ -77,4 +78,4 @@ class CoMatch(WithFeatures, FixMatch):
         self.add_loss(l_c, self.lambda_c)
         self.log_stats(mask=mask.mean(), Lc=l_c)
         self.log_pseudo(pl, mask)
-        return (soft_ce(p_strong, q, reduction='none')*mask).mean()
+        return (soft_ce(strong, q, reduction='none')*mask).mean()

@@ -75,8 +75,10 @@ class SSLCallback(Callback):
         self._restore_student()
         self.pred_u = None
 
-    def unlabeled_views(self, views): return views
-    def unlabeled_loss(self, *preds): raise NotImplementedError("an SSL algorithm must define `unlabeled_loss`")
+    def unlabeled_views(self, views:list)->dict:
+        "The tensors to run through the model with the labeled batch, by name: the loader's images as `x` (several: `x0`, `x1`…)"
+        return dict(x=views[0]) if len(views) == 1 else {f'x{i}': v for i,v in enumerate(views)}
+    def unlabeled_loss(self, **preds): raise NotImplementedError("an SSL algorithm must define `unlabeled_loss`, of the predictions named as its views")
     def labeled_loss(self, pred, *yb): return None
     def unlabeled_weight(self, progress):
         "The weight of the unlabeled loss at `progress` (fraction of training done)"
@@ -126,22 +128,23 @@ class SSLCallback(Callback):
         if len(self.xb) != 1: raise ValueError(f"SSL callbacks take models of one input; this Learner's batches have {len(self.xb)}")
         views,self.y_u = self.unlabeled.draw(self.x, self.dls, self.n_views, check_finite=self.steplog.n == 0)
         with torch.no_grad(): xs = self.unlabeled_views(views)
-        self.n_l,self.sizes_u = find_bs(self.xb),[len(o) for o in xs]
-        self.learn.xb = (torch.cat([self.x, *xs]),)
+        if not isinstance(xs, dict): raise TypeError(f"{type(self).__name__}.unlabeled_views must return the views by name, e.g. `dict(weak=w, strong=s)`")
+        self.n_l,self.sizes_u = find_bs(self.xb),{k:len(v) for k,v in xs.items()}
+        self.learn.xb = (torch.cat([self.x, *xs.values()]),)
 
     def after_pred(self):
-        if not isinstance(self.pred, Tensor) or len(self.pred) != self.n_l + sum(self.sizes_u):
+        if not isinstance(self.pred, Tensor) or len(self.pred) != self.n_l + sum(self.sizes_u.values()):
             raise ValueError("SSL callbacks need a model that returns one tensor of per-item outputs")
         c = getattr(self.dls, 'c', None)
         if self.steplog.n == 0 and isinstance(c, int) and self.pred.ndim == 2 and self.pred.shape[1] != c:
             raise ValueError(f"the model outputs {self.pred.shape[1]} values per item but the data has {c} classes: give its last layer {c} outputs")
-        self.pred_u = self.pred[self.n_l:].split(self.sizes_u)
+        self.pred_u = dict(zip(self.sizes_u, self.pred[self.n_l:].split(list(self.sizes_u.values()))))   # by the views' names
         self.learn.pred = self.pred[:self.n_l]
 
     def after_loss(self):
         lx = self.labeled_loss(self.pred, *self.yb)
         if lx is not None: self.learn.loss_grad,self.learn.loss = lx,lx.detach()
-        lu = self.unlabeled_loss(*self.pred_u)
+        lu = self.unlabeled_loss(**self.pred_u)
         w = self.unlabeled_weight(self.learn.pct_train)
         if self.steplog.n == 0 and not torch.isfinite(lu): raise ValueError(_nan_msg)   # one sync an epoch; later ones are caught at its end
         self.log_stats(Lx=self.loss_grad, Lu=lu)

@@ -34,19 +34,19 @@ class CRMatch(WithFeatures, FixMatch):
 
     def unlabeled_views(self, views):
         "FixMatch's weak and strong views, and the first B weak views turned four ways (B: the labeled batch size)"
-        w,s = super().unlabeled_views(views)
-        return [w, s] + ([rotate_all(w[:len(self.x)])[0]] if self.lambda_rot else [])
+        v = super().unlabeled_views(views)
+        return dict(v, rot=rotate_all(v['weak'][:len(self.x)])[0]) if self.lambda_rot else v
 
-    def unlabeled_loss(self, p_weak, p_strong, p_rot=None):
-        lu = super().unlabeled_loss(p_weak, p_strong)
-        mask = (F.softmax(p_weak.detach().float()/self.T, 1).max(1)[0] >= self.thresh).float()
+    def unlabeled_loss(self, weak, strong, rot=None):
+        lu = super().unlabeled_loss(weak, strong)
+        mask = (F.softmax(weak.detach().float()/self.T, 1).max(1)[0] >= self.thresh).float()
         ds = self.heads['ds']
-        l_ds = feature_distance(ds(self.feats_u[0]), ds(self.feats_u[1]), mask)
+        l_ds = feature_distance(ds(self.feats_u['weak']), ds(self.feats_u['strong']), mask)
         self.add_loss(l_ds, self.lambda_ds)
         self.log_stats(Lds=l_ds)
-        if p_rot is not None:
-            y = torch.arange(4, device=p_rot.device).repeat_interleave(len(p_rot)//4)
-            l_rot = F.cross_entropy(self.heads['rot'](self.feats_u[2]).float(), y)
+        if rot is not None:
+            y = torch.arange(4, device=rot.device).repeat_interleave(len(rot)//4)
+            l_rot = F.cross_entropy(self.heads['rot'](self.feats_u['rot']).float(), y)
             self.add_loss(l_rot, self.lambda_rot)
             self.log_stats(Lrot=l_rot)
         return lu

@@ -96,12 +96,12 @@ class Dash(FixMatch):
         "The loss threshold ρ_t at `progress` (a fraction of training after the warm-up): max(C·γ^-(t-1)·ρ̂, `rho_min`)"
         return (self._scale(progress)*self.rho_init).clamp_min(self.rho_min)
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        logits,progress = p_weak.detach().float().as_subclass(Tensor),self.learn.pct_train
+    def unlabeled_loss(self, weak, strong):
+        logits,progress = weak.detach().float().as_subclass(Tensor),self.learn.pct_train
         if progress < self.warmup:   # supervised: nothing selected (and the weight is 0)
             zero = logits.new_zeros(len(logits))
             self.log_stats(mask=zero.mean(), rho=zero.mean())
-            return masked_ce(p_strong, logits.argmax(1), zero)
+            return masked_ce(strong, logits.argmax(1), zero)
         self.rho_init = self.rho_init.to(logits.device)   # after `learn.load`: from the CPU, once
         rho = self.rho(progress)
         hard = self._scale(progress)*self.rho_init <= self.rho_min   # on the device: no host sync
@@ -109,4 +109,4 @@ class Dash(FixMatch):
         mask = (soft_ce(logits, target, reduction='none') <= rho).float()
         self.log_stats(mask=mask.mean(), rho=rho)
         self.log_pseudo(target.argmax(1), mask)
-        return (soft_ce(p_strong, target, reduction='none')*mask).mean()
+        return (soft_ce(strong, target, reduction='none')*mask).mean()

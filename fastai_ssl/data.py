@@ -5,13 +5,14 @@
 # %% auto #0
 __all__ = ['FASHION_MNIST_DIRS', 'FASHION_MNIST_CLASSES', 'DATASETS', 'split_labeled', 'ResidentData', 'DeviceDL', 'resident_dl',
            'readable_images', 'folder_images', 'unlabeled_dl', 'arrays_dls', 'digits_arrays', 'digits_dls', 'read_idx',
-           'fashion_mnist_arrays', 'fashion_mnist_dls', 'folder_dls', 'get_data', 'EpochSampler', 'with_steps']
+           'fashion_mnist_arrays', 'fashion_mnist_dls', 'folder_dls', 'described_data', 'get_data', 'EpochSampler',
+           'with_steps']
 
 # %% ../nbs/02_data.ipynb #9d1ce404
 import gzip, numbers, os, sys, warnings
 import PIL
 from fastai.vision.all import *
-from .core import is_missing_label
+from .unlabeled import is_missing_label
 from .augment import WeakPIL, StrongPIL, WeakStrong
 
 # %% ../nbs/02_data.ipynb #b6e8c4d9
@@ -420,7 +421,7 @@ def folder_dls(path, n_per_class:int|None=None, bs:int=16, mu:int=7, seed:int=0,
 # %% ../nbs/02_data.ipynb #0235ed70
 DATASETS = ('digits', 'fashion-mnist')
 
-def _get_data(data, n_per_class=None, bs=16, mu=7, seed=0, size=32):
+def described_data(data, n_per_class=None, bs=16, mu=7, seed=0, size=32):
     "`get_data`, and where the labeled, unlabeled and validation items came from, in words"
     if data not in DATASETS:
         dls,u_dl,src = _folder_dls(data, n_per_class, bs, mu, seed, size)
@@ -438,7 +439,7 @@ def _get_data(data, n_per_class=None, bs=16, mu=7, seed=0, size=32):
 
 def get_data(data:str, n_per_class:int|None=None, bs:int=16, mu:int=7, seed:int=0, size:int=32):
     "`(dls, u_dl, flip, n_per_class)` for `data`, 'digits', 'fashion-mnist' or a folder; `n_per_class=None` keeps (nearly) all labels"
-    return _get_data(data, n_per_class, bs, mu, seed, size)[:4]
+    return described_data(data, n_per_class, bs, mu, seed, size)[:4]
 
 # %% ../nbs/02_data.ipynb #f3a8b3fd
 class EpochSampler:

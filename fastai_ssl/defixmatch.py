@@ -27,15 +27,15 @@ class DeFixMatch(FixMatch):
 
     def unlabeled_views(self, views):
         "FixMatch's weak and strong unlabeled views, then a strong view of the labeled images"
-        return list(super().unlabeled_views(views)) + [self.strong(self.x)]
+        return dict(super().unlabeled_views(views), labeled_strong=self.strong(self.x))
 
     def labeled_loss(self, pred, *yb):
         "The mean of the Learner's loss on the labeled images and on their strong views"
-        return (self.loss_grad + self.learn.loss_func(self.pred_u[2], *yb))/2
+        return (self.loss_grad + self.learn.loss_func(self.pred_u['labeled_strong'], *yb))/2
 
-    def unlabeled_loss(self, p_weak, p_strong, p_lab_strong):
-        lu,mask,pl = _fixmatch_term(p_weak, p_strong, self.thresh, self.T)
-        ll,mask_l,_ = _fixmatch_term(self.pred, p_lab_strong, self.thresh, self.T)   # `learn.pred`: the labeled logits
+    def unlabeled_loss(self, weak, strong, labeled_strong):
+        lu,mask,pl = _fixmatch_term(weak, strong, self.thresh, self.T)
+        ll,mask_l,_ = _fixmatch_term(self.pred, labeled_strong, self.thresh, self.T)   # `learn.pred`: the labeled logits
         self.log_stats(mask=mask.mean(), mask_l=mask_l.mean())
         self.log_pseudo(pl, mask)
         return lu - ll

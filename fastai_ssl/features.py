@@ -215,9 +215,10 @@ class WithFeatures:
         f,self._hook.feats = self._hook.feats,None
         super().after_pred()
         if f is None: raise ValueError(_fix(f"the forward pass did not call the feature module ({type(self._fmod).__name__})"))
-        if f.ndim != 2 or len(f) != len(self.pred) + sum(self.sizes_u):
+        if f.ndim != 2 or len(f) != len(self.pred) + sum(self.sizes_u.values()):
             raise ValueError(_fix(f"the input of {type(self._fmod).__name__} has shape {tuple(f.shape)}, not one row of features per item"))
-        self.feats_l,*self.feats_u = f.split([self.n_l, *self.sizes_u])
+        self.feats_l,*fu = f.split([self.n_l, *self.sizes_u.values()])
+        self.feats_u = dict(zip(self.sizes_u, fu))   # by the views' names
 
     def add_loss(self, loss:Tensor, weight:float=1.):
         "Add `weight * loss` to this step's loss, beside `weight(progress) * Lu` (call it from `unlabeled_loss`)"

@@ -30,11 +30,12 @@ class FixMatch(SSLCallback):
 
     def unlabeled_views(self, views):
         "The loader's `(weak, strong)` pair, or both views made here from its plain images"
-        return views if len(views) == 2 else [self.weak(views[0]), self.strong(views[0])]
+        w,s = views if len(views) == 2 else (self.weak(views[0]), self.strong(views[0]))
+        return dict(weak=w, strong=s)
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        conf,pl = F.softmax(p_weak.detach().float()/self.T, 1).max(1)
+    def unlabeled_loss(self, weak, strong):
+        conf,pl = F.softmax(weak.detach().float()/self.T, 1).max(1)
         mask = (conf >= self.thresh).float()
         self.log_stats(mask=mask.mean())
         self.log_pseudo(pl, mask)
-        return masked_ce(p_strong, pl, mask)
+        return masked_ce(strong, pl, mask)

@@ -50,10 +50,10 @@ class FlexMatch(FixMatch):
         self.classes[i] = torch.where(confident, pl, self.classes[i])
         self.pos = (self.pos + len(pl)) % n
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        conf,pl = F.softmax(p_weak.detach().float()/self.T, 1).max(1)
+    def unlabeled_loss(self, weak, strong):
+        conf,pl = F.softmax(weak.detach().float()/self.T, 1).max(1)
         if self.classes is None:   # first step: every slot unused
-            self.classes,self.pos,self.n_classes = torch.full((_n_items(self.u_dl, len(pl)),), -1, device=pl.device),0,p_weak.shape[1]
+            self.classes,self.pos,self.n_classes = torch.full((_n_items(self.u_dl, len(pl)),), -1, device=pl.device),0,weak.shape[1]
         self.classes = self.classes.to(pl.device)
         thr = self.thresholds
         mask = (conf >= thr[pl]).float()
@@ -61,4 +61,4 @@ class FlexMatch(FixMatch):
         self.log_stats(mask=mask.mean(), thresh=thr.mean())
         self.log_step(thresholds=thr)
         self.log_pseudo(pl, mask)
-        return masked_ce(p_strong, pl, mask)
+        return masked_ce(strong, pl, mask)

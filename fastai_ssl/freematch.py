@@ -55,12 +55,12 @@ class FreeMatch(FixMatch):
         self.p_model = self.p_model.to(probs.device).lerp(probs.mean(0), w)
         self.label_hist = self.label_hist.to(probs.device).lerp(F.one_hot(pl, c).float().mean(0), w)
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        probs = F.softmax(p_weak.detach().float()/self.T, 1)
+    def unlabeled_loss(self, weak, strong):
+        probs = F.softmax(weak.detach().float()/self.T, 1)
         self._update(probs)
         conf,pl = probs.max(1)
         mask = (conf >= self.thresholds[pl]).float()
         self.log_stats(mask=mask.mean(), thresh=self.time_p)
         self.log_step(thresholds=self.thresholds)
         self.log_pseudo(pl, mask)
-        return masked_ce(p_strong, pl, mask) + self.ent_weight*fairness_loss(p_strong, mask, self.p_model, self.label_hist)
+        return masked_ce(strong, pl, mask) + self.ent_weight*fairness_loss(strong, mask, self.p_model, self.label_hist)

@@ -27,4 +27,4 @@ class ICT(MeanTeacher):
         x = self.aug(views[0])
         p = self.teacher_probs(x if self.teacher_aug is None else self.teacher_aug(views[0]))
         xm,self.target,_ = mix_up(x, p, self.alpha, keep_first=False, per_item=self.per_item)
-        return [xm]
+        return dict(student=xm)   # the student learns on the mixed images

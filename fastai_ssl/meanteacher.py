@@ -41,8 +41,8 @@ class MeanTeacher(SSLCallback):
         "The student's view (for the main pass); the teacher's prediction on the other view becomes the target"
         student,teacher = views if len(views) == 2 else (self.aug(views[0]), ifnone(self.teacher_aug, self.aug)(views[0]))
         self.target = self.teacher_probs(teacher)
-        return [student]
+        return dict(student=student)
 
-    def unlabeled_loss(self, pred):
-        loss,self.target = self.cons(pred, self.target),None
+    def unlabeled_loss(self, student):
+        loss,self.target = self.cons(student, self.target),None
         return loss

@@ -38,7 +38,7 @@ class MixMatch(SSLCallback):
             raise ValueError(f"the model returns {logits.shape[1]} outputs per item but the data has {c} classes: give the model `n_out={c}`")
         self.guess = sharpen(F.softmax(logits.float(), 1).view(self.K, -1, logits.shape[1]).mean(0), self.T)
         self.log_pseudo(self.guess.argmax(1))
-        return xs
+        return {f'aug{i}': x for i,x in enumerate(xs)}
 
     def before_batch(self):
         "Add the `K` views to the batch (and augment the labeled images if `aug_labeled`), then mix all items and their targets"
@@ -53,8 +53,8 @@ class MixMatch(SSLCallback):
         "Cross-entropy of the mixed labeled items' logits against their mixed soft targets"
         return soft_ce(pred, self.target[:len(pred)])
 
-    def unlabeled_loss(self, *preds):
+    def unlabeled_loss(self, **preds):
         "Squared error between the mixed unlabeled items' probabilities and their mixed guesses"
-        loss = mse_cons(torch.cat(preds), self.target[self.n_l:])
+        loss = mse_cons(torch.cat(list(preds.values())), self.target[self.n_l:])
         self.target = None
         return loss

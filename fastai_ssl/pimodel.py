@@ -24,10 +24,10 @@ class PiModel(SSLCallback):
 
     def unlabeled_views(self, views):
         "Two views: the loader's, or two made here from its plain images; each with its own Gaussian `noise`"
-        views = views if len(views) == 2 else [self.aug(views[0]), self.aug(views[0])]
-        return [v + self.noise*torch.randn_like(v) for v in views] if self.noise else views
+        a,b = views if len(views) == 2 else (self.aug(views[0]), self.aug(views[0]))
+        return {k: v + self.noise*torch.randn_like(v) if self.noise else v for k,v in dict(view1=a, view2=b).items()}
 
-    def unlabeled_loss(self, pred_1, pred_2):
-        target = F.softmax(pred_1.detach().float(), 1)
+    def unlabeled_loss(self, view1, view2):
+        target = F.softmax(view1.detach().float(), 1)
         self.log_pseudo(target.argmax(1))
-        return self.cons(pred_2, target)
+        return self.cons(view2, target)

@@ -22,11 +22,11 @@ class PseudoLabel(SSLCallback):
         super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp, **kwargs)
         self.thresh,self.aug = thresh,ifnone(aug, WeakAug(flip=flip))
 
-    def unlabeled_views(self, views): return [self.aug(views[0])]
+    def unlabeled_views(self, views): return dict(weak=self.aug(views[0]))
 
-    def unlabeled_loss(self, pred):
-        conf,pl = F.softmax(pred.detach().float(), 1).max(1)
+    def unlabeled_loss(self, weak):
+        conf,pl = F.softmax(weak.detach().float(), 1).max(1)
         mask = (conf >= self.thresh).float()
         self.log_stats(mask=mask.mean())
         self.log_pseudo(pl, mask)
-        return masked_ce(pred, pl, mask)
+        return masked_ce(weak, pl, mask)

@@ -66,12 +66,12 @@ class ReMixMatch(WithFeatures, SSLCallback):
             raise ValueError(f"ReMixMatch needs a model that returns one row of {c} logits per item")
         self.guess = sharpen(self._align(F.softmax(logits.float(), 1)), self.T)
         self.log_pseudo(self.guess.argmax(1))
-        return [*ss, w, ss[0]] + ([rotate_quarters(ss[0])[0]] if self.lambda_rot else [])
+        return {**{f'strong{i}': s for i,s in enumerate(ss)}, 'weak': w, 'unmixed': ss[0], **({'rot': rotate_quarters(ss[0])[0]} if self.lambda_rot else {})}
 
     def before_batch(self):
         "The views after the labeled images, then the labeled items, the strong and the weak views mixed up with their targets"
         super().before_batch()
-        x,n = self.x,self.n_l + sum(self.sizes_u[:self.K+1])
+        x,n = self.x,self.n_l + sum(v for k,v in self.sizes_u.items() if k not in ('unmixed', 'rot'))   # the strong views and the weak one are mixed
         y = F.one_hot(self.y.as_subclass(Tensor).long(), self.guess.shape[1]).float()
         xm,self.target,_ = mix_up(x[:n], torch.cat([y, self.guess.repeat(self.K+1, 1)]), self.alpha)
         self.learn.xb = (torch.cat([xm, x[n:]]),)
@@ -80,15 +80,14 @@ class ReMixMatch(WithFeatures, SSLCallback):
         "Cross-entropy of the mixed labeled items' logits against their mixed soft targets"
         return soft_ce(pred, self.target[:len(pred)])
 
-    def unlabeled_loss(self, *preds):
+    def unlabeled_loss(self, weak, unmixed, rot=None, **strong):
         "Cross-entropy of the mixed unlabeled items against their mixed targets; pre-mixup and rotation losses added beside"
-        k = self.K + 1
-        lu = soft_ce(torch.cat(preds[:k]), self.target[self.n_l:])
-        l_kl = soft_ce(preds[k], self.guess)
+        lu = soft_ce(torch.cat([*strong.values(), weak]), self.target[self.n_l:])
+        l_kl = soft_ce(unmixed, self.guess)
         self.add_loss(l_kl, self.lambda_kl*(1. if self.ramp is None else self.ramp(self.learn.pct_train, self.step)))
         self.log_stats(Lkl=l_kl)
         if self.lambda_rot:
-            f = self.feats_u[k+1]
+            f = self.feats_u['rot']
             l_rot = F.cross_entropy(self.heads['rot'](f).float(), torch.arange(len(f), device=f.device) % 4)
             self.add_loss(l_rot, self.lambda_rot)
             self.log_stats(Lrot=l_rot)

@@ -47,10 +47,10 @@ class SimMatch(WithFeatures, FixMatch):
         "The L2-normalised projection of features `f`"
         return F.normalize(self.heads['proj'](f).float(), dim=1)
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        z_l,z_w,z_s = self.embed(self.feats_l),self.embed(self.feats_u[0]),self.embed(self.feats_u[1])
-        probs = aligned(self, F.softmax(p_weak.detach().float(), 1), F.softmax(self.pred.detach().float(), 1))
-        l_in = p_strong.new_zeros((), dtype=torch.float32)
+    def unlabeled_loss(self, weak, strong):
+        z_l,z_w,z_s = self.embed(self.feats_l),self.embed(self.feats_u['weak']),self.embed(self.feats_u['strong'])
+        probs = aligned(self, F.softmax(weak.detach().float(), 1), F.softmax(self.pred.detach().float(), 1))
+        l_in = strong.new_zeros((), dtype=torch.float32)
         if self.bank.full:   # a host-side count: no sync
             bank_z,bank_y = self.bank.get()
             with torch.no_grad(): q,probs = unfold_aggregate(probs, z_w @ bank_z.T, bank_y, self.T, self.alpha)
@@ -61,4 +61,4 @@ class SimMatch(WithFeatures, FixMatch):
         self.add_loss(l_in, self.lambda_in)
         self.log_stats(mask=mask.mean(), Lin=l_in)
         self.log_pseudo(pl, mask)
-        return (soft_ce(p_strong, probs, reduction='none')*mask).mean()
+        return (soft_ce(strong, probs, reduction='none')*mask).mean()

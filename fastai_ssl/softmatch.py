@@ -40,8 +40,8 @@ class SoftMatch(FixMatch):
         "The weight of each confidence in `conf`: 1 at and above μ_t, a Gaussian of standard deviation σ_t/`n_sigma` below"
         return torch.exp(-(conf - self.mu).clamp(max=0)**2/(2*self.var.clamp_min(1e-12)/self.n_sigma**2))
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        probs = F.softmax(p_weak.detach().float().as_subclass(Tensor)/self.T, 1)
+    def unlabeled_loss(self, weak, strong):
+        probs = F.softmax(weak.detach().float().as_subclass(Tensor)/self.T, 1)
         pl = probs.argmax(1)
         if self.dist_align: probs,self.p_model,self.p_target = self.da(probs, self.p_model, self.p_target)
         conf = probs.max(1)[0]
@@ -50,4 +50,4 @@ class SoftMatch(FixMatch):
         self.log_stats(mask=w.mean(), thresh=self.mu)
         self.log_step(sigma=self.var.sqrt())   # σ_t, the confidences' running std (the weights' Gaussian has σ_t/n_sigma), per step in `history`
         self.log_pseudo(pl, w)
-        return masked_ce(p_strong, pl, w)
+        return masked_ce(strong, pl, w)

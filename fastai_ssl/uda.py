@@ -34,10 +34,10 @@ class UDA(FixMatch):
         keep = ((-ce.detach()).exp() <= tsa_thresh(self.tsa, self.learn.pct_train, pred.shape[1])).float()
         return (ce*keep).sum()/keep.sum().clamp_min(1)
 
-    def unlabeled_loss(self, p_weak, p_strong):
-        p = p_weak.detach().float()
+    def unlabeled_loss(self, weak, strong):
+        p = weak.detach().float()
         conf,pl = F.softmax(p, 1).max(1)
         mask = (conf >= self.thresh).float()
         self.log_stats(mask=mask.mean())
         self.log_pseudo(pl, mask)
-        return (kl_cons(p_strong, F.softmax(p/self.T, 1), reduction='none')*mask).mean()
+        return (kl_cons(strong, F.softmax(p/self.T, 1), reduction='none')*mask).mean()

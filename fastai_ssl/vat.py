@@ -50,10 +50,10 @@ class VAT(SSLCallback):
         with torch.autocast(x.device.type, enabled=False): self.target = F.softmax(self.extra_pass(x).float(), 1)
         self.log_pseudo(self.target.argmax(1))
         self.r_adv = vat_perturbation(self.extra_pass, x, self.xi, self.eps, self.n_power, target=self.target)
-        return [x, x + self.r_adv] if self.ent_min else [x + self.r_adv]
+        return dict(clean=x, adv=x + self.r_adv) if self.ent_min else dict(adv=x + self.r_adv)
 
-    def unlabeled_loss(self, *preds):
-        loss = kl_cons(preds[-1], self.target)
-        if self.ent_min: loss = loss + soft_ce(preds[0], F.softmax(preds[0].float(), 1))
+    def unlabeled_loss(self, adv, clean=None):
+        loss = kl_cons(adv, self.target)
+        if clean is not None: loss = loss + soft_ce(clean, F.softmax(clean.float(), 1))   # `ent_min`
         self.target = None
         return loss

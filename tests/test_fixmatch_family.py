@@ -108,7 +108,7 @@ def test_defixmatch_sees_strong_labeled_views(digits):
     sz = Sizes()
     quiet_fit(learn, 1, 1e-2, cbs=sz)
     n_l,sizes = sz.seen
-    test_eq(sizes, [2*n_l, 2*n_l, n_l])
+    test_eq(sizes, dict(weak=2*n_l, strong=2*n_l, labeled_strong=n_l))
 
 def test_bad_arguments():
     u = [0]

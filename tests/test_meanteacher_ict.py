@@ -71,7 +71,7 @@ def test_meanteacher_two_views(digits):
     cb = learn.mean_teacher
     a,b = torch.rand(32, 1, 8, 8),torch.rand(32, 1, 8, 8)
     with torch.no_grad(): out = cb.unlabeled_views([a, b])
-    assert len(out) == 1 and out[0] is a
+    assert list(out) == ['student'] and out['student'] is a
     assert torch.allclose(cb.target, cb.teacher_probs(b)) and torch.allclose(cb.target.sum(1), torch.ones(32))
 
 def test_ict_mixes_teacher_predictions_of_the_unmixed_images(digits, monkeypatch):
@@ -85,7 +85,7 @@ def test_ict_mixes_teacher_predictions_of_the_unmixed_images(digits, monkeypatch
         return out
     monkeypatch.setattr(fastai_ssl.ict, 'mix_up', spy)
     x = torch.rand(32, 1, 8, 8)
-    with torch.no_grad(): xm, = cb.unlabeled_views([x])
+    with torch.no_grad(): xm = cb.unlabeled_views([x])['student']
     (x_in,p_in,kw,(x_mix,p_mix,lam)), = calls
     assert x_in is x and torch.allclose(p_in, cb.teacher_probs(x))     # the teacher saw the unmixed images
     assert kw['keep_first'] is False and kw['per_item'] is False and lam.unique().numel() == 1

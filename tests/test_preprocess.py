@@ -18,7 +18,7 @@ class FirstStep(Callback):
         if not self.training: return
         cb = first(c for c in self.learn.cbs if isinstance(c, SSLCallback))
         xb = self.learn.xb[0].detach().as_subclass(Tensor).float()
-        self.lab,self.views = xb[:cb.n_l],list(xb[cb.n_l:].split(cb.sizes_u))
+        self.lab,self.views = xb[:cb.n_l],list(xb[cb.n_l:].split(list(cb.sizes_u.values())))
         if getattr(cb, 'r_adv', None) is not None: self.views[-1] = self.views[-1] - cb.r_adv   # VAT: the clean images under its perturbation
         raise CancelFitException()
 
