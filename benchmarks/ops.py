@@ -26,7 +26,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from fastai.vision.all import *
 from fastai_ssl.all import *
-from fastai_ssl.cli import ALGOS, available_algos, _callbacks
+from fastai_ssl.cli import available_algos, _callbacks
 
 class CountOps(TorchDispatchMode):
     "Count the operators dispatched while active, by name"
@@ -109,7 +109,7 @@ def main(algos=None, fname=None, resident=None, command=None):
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--algos', nargs='+', choices=['supervised', *ALGOS])
+    p.add_argument('--algos', nargs='+', choices=['supervised', *available_algos()])
     p.add_argument('--json')
     p.add_argument('--resident', action=argparse.BooleanOptionalAction, default=None,
                    help="passed to digits_dls: images decoded once and kept on the device, or the per-item loader (default: the library's default)")

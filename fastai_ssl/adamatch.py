@@ -13,6 +13,7 @@ from .losses import *
 from .align import *
 
 # %% ../nbs/30_adamatch.ipynb #084e83ef
+@algorithm
 @delegates()
 class AdaMatch(FixMatch):
     "AdaMatch (Berthelot et al. 2022): FixMatch with a threshold relative to the labeled confidence and distribution alignment"

@@ -31,6 +31,7 @@ def graph_contrastive(z1:Tensor, z2:Tensor, w:Tensor, T:float=0.2)->Tensor:
     return -(w*F.log_softmax(z1.float() @ z2.float().T/T, 1)).sum(1).mean()
 
 # %% ../nbs/36_comatch.ipynb #1e4e41fc
+@algorithm
 @delegates()
 class CoMatch(WithFeatures, FixMatch):
     "CoMatch (Li et al. 2021): FixMatch with memory-smoothed pseudo-labels and a graph-contrastive loss between the embeddings of two strong views"

@@ -18,6 +18,7 @@ def feature_distance(z_weak:Tensor, z_strong:Tensor, mask:Tensor)->Tensor:
     return (F.relu(F.cosine_similarity(z_weak.float(), z_strong.float(), dim=1))*mask).mean()
 
 # %% ../nbs/37_crmatch.ipynb #e0250c34
+@algorithm
 @delegates()
 class CRMatch(WithFeatures, FixMatch):
     "CRMatch (Fan et al. 2023): FixMatch with rotation prediction on unlabeled images and a feature distance between weak and strong views"

@@ -44,6 +44,7 @@ def _held_out_loss(model:nn.Module, dl, loss_func, n_batches:int|None=None, devi
     return tot/n
 
 # %% ../nbs/32_dash.ipynb #7785f227
+@algorithm
 @delegates(but='thresh')
 class Dash(FixMatch):
     "Dash (Xu et al. 2021): pseudo-labels whose loss is under a threshold falling as C·γ^-(t-1)·ρ̂ to `rho_min`, after a supervised warm-up"

@@ -18,6 +18,7 @@ def _fixmatch_term(p_weak, p_strong, thresh, T):
     mask = (conf >= thresh).float()
     return masked_ce(p_strong, pl, mask),mask,pl
 
+@algorithm
 @delegates()
 class DeFixMatch(FixMatch):
     "DeFixMatch (Schmutz et al. 2023): FixMatch's unlabeled loss minus the same loss on the labeled images, an unbiased estimate"

@@ -12,6 +12,7 @@ from .augment import *
 from .losses import *
 
 # %% ../nbs/10_fixmatch.ipynb #5aa122ea
+@algorithm
 @delegates()
 class FixMatch(SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"

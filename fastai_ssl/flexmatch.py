@@ -22,6 +22,7 @@ def _n_items(dl, bs):
     raise ValueError("FlexMatch counts the unlabeled items: give `u_dl` a `dataset` or a length")
 
 # %% ../nbs/18_flexmatch.ipynb #1e698fa0
+@algorithm
 @delegates()
 class FlexMatch(FixMatch):
     "FlexMatch (Zhang et al. 2021): FixMatch with a threshold per class, scaled by how well the class is learned"

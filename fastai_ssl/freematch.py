@@ -24,6 +24,7 @@ def fairness_loss(logits:Tensor, mask:Tensor, p_model:Tensor, label_hist:Tensor)
     return (_sum_norm(p_model/label_hist)*torch.log(q + 1e-12)).sum()*(n > 0).float()
 
 # %% ../nbs/19_freematch.ipynb #0bfd06b1
+@algorithm
 @delegates(but='thresh')
 class FreeMatch(FixMatch):
     "FreeMatch (Wang et al. 2023): FixMatch with self-adaptive global and class-wise thresholds and a fairness term"

@@ -12,6 +12,7 @@ from .losses import *
 from .meanteacher import *
 
 # %% ../nbs/13_ict.ipynb #a18cace3
+@algorithm
 @delegates()
 class ICT(MeanTeacher):
     "ICT (Verma et al. 2019): the student's prediction on a mix of two unlabeled images follows the same mix of the EMA teacher's predictions"

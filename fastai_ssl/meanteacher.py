@@ -13,6 +13,7 @@ from .losses import *
 from .teacher import bn_frozen
 
 # %% ../nbs/12_meanteacher.ipynb #70101813
+@algorithm
 @delegates()
 class MeanTeacher(SSLCallback):
     "Mean Teacher (Tarvainen & Valpola 2017): the student's prediction on one view follows the EMA teacher's on another"

@@ -12,6 +12,7 @@ from .augment import *
 from .losses import *
 
 # %% ../nbs/11_mixmatch.ipynb #e8d31f87
+@algorithm
 @delegates()
 class MixMatch(SSLCallback):
     "MixMatch (Berthelot et al. 2019): sharpened guesses from `K` views, MixUp of labeled and unlabeled items with their targets"

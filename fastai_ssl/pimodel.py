@@ -12,6 +12,7 @@ from .augment import *
 from .losses import *
 
 # %% ../nbs/15_pimodel.ipynb #febb2460
+@algorithm
 @delegates()
 class PiModel(SSLCallback):
     "Π-model (Laine & Aila 2017): predictions on two random views of an unlabeled image are pulled together"

@@ -12,6 +12,7 @@ from .augment import *
 from .losses import *
 
 # %% ../nbs/14_pseudolabel.ipynb #fb8b011b
+@algorithm
 @delegates()
 class PseudoLabel(SSLCallback):
     "Pseudo-Label (Lee 2013): confident predictions on the unlabeled images are learned as hard labels"

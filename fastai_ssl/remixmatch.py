@@ -21,6 +21,7 @@ def _labels(ds)->Tensor:
     return tensor([int(y) for y in ys])
 
 # %% ../nbs/34_remixmatch.ipynb #568be10c
+@algorithm
 @delegates()
 class ReMixMatch(WithFeatures, SSLCallback):
     "ReMixMatch (Berthelot et al. 2020): aligned, sharpened guesses of a weak view anchor K strong views, mixed up with the labeled items; rotation prediction"

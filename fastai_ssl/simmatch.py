@@ -24,6 +24,7 @@ def unfold_aggregate(probs:Tensor, sims:Tensor, labels:Tensor, T:float=0.1, alph
     return q, alpha*probs + (1-alpha)*agg
 
 # %% ../nbs/35_simmatch.ipynb #68cb54f9
+@algorithm
 @delegates()
 class SimMatch(WithFeatures, FixMatch):
     "SimMatch (Zheng et al. 2022): FixMatch with pseudo-labels unfolded and aggregated through similarities to a bank of labeled embeddings"

@@ -14,6 +14,7 @@ from .align import *
 from .distrib import batch_mean
 
 # %% ../nbs/31_softmatch.ipynb #c93f39ef
+@algorithm
 @delegates(but='thresh')
 class SoftMatch(FixMatch):
     "SoftMatch (Chen et al. 2023): every pseudo-label counts, weighted by a Gaussian of its confidence truncated at the running mean"

@@ -19,6 +19,7 @@ def tsa_thresh(schedule:str, progress:float, c:int):
     return _tsa[schedule](progress)*(1-1/c) + 1/c
 
 # %% ../nbs/17_uda.ipynb #3c0a4892
+@algorithm
 @delegates()
 class UDA(FixMatch):
     "UDA (Xie et al. 2020): the strong view matches the weak view's sharpened prediction where it is confident; optional TSA"

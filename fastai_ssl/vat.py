@@ -31,6 +31,7 @@ def vat_perturbation(model:Callable, x:Tensor, xi:float=1e-6, eps:float=6., n_po
     return eps*d
 
 # %% ../nbs/16_vat.ipynb #51ed4545
+@algorithm
 @delegates()
 class VAT(SSLCallback):
     "Virtual Adversarial Training (Miyato et al. 2018): the prediction at `x + r_adv` follows the clean one at `x`"
