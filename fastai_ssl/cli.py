@@ -353,7 +353,7 @@ def _check_out_file(flag, fname, suffixes=None):
 
 _MAX_DRAWS = 2**24   # images drawn in one epoch: `with_steps` lists their indices (~600 MB at this size)
 
-def _check(a, algos):
+def _check(a):
     "Argument errors the parser cannot see, as one line each, before any data is read"
     if not a.data or (a.data not in DATASETS and not Path(a.data).is_dir()):
         raise ValueError(f"--data {a.data}: {'a file, not a folder' if Path(a.data).is_file() else 'no such folder'}; "
@@ -388,7 +388,7 @@ def _run_kw(a)->dict:
     return dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
 
 def _train(a, argv):
-    _check(a, [a.algo])
+    _check(a)
     kw = _run_kw(a)
     learn,rec = train_ssl(a.data, a.algo, a.labels_per_class, a.epochs, a.steps, a.seed, **kw, log=partial(print, flush=True), lines=_lines(a))
     files = [Path(a.out)/o for o in ('model.pkl', 'run.json', 'steps.csv', 'steps.png')]
@@ -404,7 +404,7 @@ def _train(a, argv):
 
 def _bench(a, argv):
     algos = list(dict.fromkeys(o for x in a.algos for o in (['supervised', *available_algos()] if x == 'all' else [x])))
-    _check(a, algos)
+    _check(a)
     kw = _run_kw(a)
     rows = []
     for r in bench_runs(a.data, a.labels_per_class, algos, range(a.seeds), a.steps, a.epochs, not a.no_reference, **kw):
