@@ -8,7 +8,7 @@ __all__ = ['MODELS', 'OPTS', 'available_algos', 'algo_class', 'train_digits', 'm
            'main']
 
 # %% ../nbs/20_cli.ipynb #d491e95e
-import argparse, importlib, importlib.util, inspect, json, os, sys, time, warnings
+import argparse, inspect, json, os, sys, time, warnings
 from fastai.vision.all import *
 from .core import SSLCallback, ALGORITHMS
 import fastai_ssl.all   # every algorithm module, each registered in the catalogue `ALGORITHMS`
