@@ -12,7 +12,9 @@ import argparse, inspect, json, os, sys, time, warnings
 from fastai.vision.all import *
 from .core import SSLCallback, ALGORITHMS
 import fastai_ssl.all   # every algorithm module, each registered in the catalogue `ALGORITHMS`
-from .augment import AugmentLabeled, WeakAug
+from .augment import AugmentLabeled, WeakAug, StrongAug, STRENGTHS
+from .teacher import EMAEval
+from .learner import ssl_cbs
 from .data import *
 from .models import *
 from .interpret import PseudoLabelInterpretation
@@ -27,14 +29,15 @@ def algo_class(name:str):
     if name not in ALGORITHMS: raise ValueError(f"unknown algorithm {name!r}: choose 'supervised' or one of {', '.join(available_algos())}")
     return ALGORITHMS[name]
 
-def _callbacks(algo, u_dl, flip:bool=False, aug_labeled:bool=False):
-    "The SSL callback of `algo` (none for 'supervised', a name in `ALGOS`, or a callable making one from `u_dl`), after weak augmentation of the labeled images for every method if `aug_labeled`"
-    cbs = [AugmentLabeled(WeakAug(flip=flip))] if aug_labeled else []
+def _callbacks(algo, u_dl, flip:bool=False, aug_labeled:bool=False, strength:str|None=None, ema:float|None=None):
+    "The SSL callback of `algo` (none for 'supervised', a name in the catalogue, or a callable making one from `u_dl`), after weak augmentation of the labeled images for every method if `aug_labeled`; its strong view of `strength` if given; `EMAEval(ema)` if given"
+    cbs = ([AugmentLabeled(WeakAug(flip=flip))] if aug_labeled else []) + ([EMAEval(ema)] if ema is not None else [])
     if callable(algo): return cbs + [algo(u_dl)]
     if algo == 'supervised': return cbs
     cls = algo_class(algo)
     params = inspect.signature(cls).parameters
-    return cbs + [cls(u_dl, **{k:v for k,v in dict(flip=flip, aug_labeled=not aug_labeled).items() if k in params})]   # MixMatch: augmented once
+    kw = dict(flip=flip, aug_labeled=not aug_labeled, strong=StrongAug(flip=flip, strength=strength) if strength else None)   # MixMatch: augmented once
+    return cbs + [cls(u_dl, **{k:v for k,v in kw.items() if k in params and v is not None})]
 
 # %% ../nbs/20_cli.ipynb #6c192cf8
 def train_digits(algo:str|Callable='fixmatch', n_per_class:int=5, epochs:int=40, seed:int=0, lr:float=1e-2, bs:int=16, mu:int=7, quiet:bool=True,
@@ -96,10 +99,16 @@ def _epoch_lines(learn, log, n_epoch):
         with learn.no_bar(): yield
     finally: learn.logger = old
 
+def _raw_accuracy(learn)->dict:
+    "The accuracy of the trained weights themselves (`EMAEval` set aside), then the average copied into the model: `{'accuracy_raw': ...}`"
+    with learn.removed_cbs(learn.ema_eval), learn.no_bar(), learn.no_logging(): acc = float(learn.validate()[1])
+    learn.ema_eval.average_into_model()
+    return dict(accuracy_raw=acc)
+
 def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_class:int|None=4, epochs:int=5, steps:int|None=None,
               seed:int=0, lr:float|None=None, bs:int=16, mu:int=7, model:str='small_cnn', flip:bool|None=None, size:int=32,
-              opt:str='adam', quiet:bool=False, log:Callable|None=None, lines:bool=False):
-    "Train `model` on `data` with `n_per_class` labels and `algo` ('supervised', a name in `ALGOS`, or a callable(u_dl)); return the Learner and a record of the run. `log` gets the data summary before training and, if `lines`, a line per epoch instead of the progress bar; `quiet`: neither"
+              opt:str='adam', strength:str='fixmatch', ema:float|None=None, quiet:bool=False, log:Callable|None=None, lines:bool=False):
+    "Train `model` on `data` with `n_per_class` labels and `algo` ('supervised', a name in the catalogue, or a callable(u_dl)), the strong view of `strength`, validated with the average of the weights if `ema` (`EMAEval`, the average then copied into the model); return the Learner and a record of the run. `log` gets the data summary before training and, if `lines`, a line per epoch instead of the progress bar; `quiet`: neither"
     if epochs < 1 or (steps is not None and steps < epochs): raise ValueError(f"`epochs` must be >= 1 and `steps` >= `epochs`, got {epochs} and {steps}")
     if opt not in OPTS: raise ValueError(f"`opt` must be one of {', '.join(OPTS)}, got {opt!r}")
     opt_func,lr = OPTS[opt][0],ifnone(lr, OPTS[opt][1])
@@ -115,7 +124,7 @@ def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_clas
     dls.train = with_steps(dls.train, per_epoch)
     net = make_model(model, _n_channels(dls), dls.c)
     _check_model(net, dls, model)
-    learn = Learner(dls, net, metrics=accuracy, opt_func=opt_func, cbs=_callbacks(algo, u_dl, ifnone(flip, data_flip), aug_labeled=True))
+    learn = Learner(dls, net, metrics=accuracy, opt_func=opt_func, cbs=_callbacks(algo, u_dl, ifnone(flip, data_flip), True, strength, ema))
     ctx = [learn.no_bar(), learn.no_logging()] if quiet else [_epoch_lines(learn, log or noop, epochs)] if lines else []
     timer = _TrainTime()
     with ContextManagers(ctx):
@@ -124,11 +133,13 @@ def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_clas
         else: learn.fit_one_cycle(epochs, lr, cbs=timer)
         secs = time.perf_counter() - start
     hist = run_history(learn)
+    raw = _raw_accuracy(learn) if ema is not None else {}
     name = algo if isinstance(algo, str) else type(first(learn.cbs, risinstance(SSLCallback))).__name__.lower()
     rec = dict(data=str(data), algo=name, labels_per_class=n_per_class, **counts, seed=seed, epochs=epochs,
                steps=epochs*per_epoch, bs=dls.train.bs, mu=mu if name != 'supervised' else None, opt=opt, lr=lr, model=model,
+               strength=strength if hasattr(first(ssl_cbs(learn)), 'strong') else None, ema=ema,
                n_params=sum(p.numel() for p in net.parameters()), device=str(next(net.parameters()).device),
-               accuracy=hist[-1]['accuracy'], seconds=secs, sec_per_step=secs/(epochs*per_epoch),   # validation included
+               accuracy=hist[-1]['accuracy'], **raw, seconds=secs, sec_per_step=secs/(epochs*per_epoch),   # validation included
                train_seconds=timer.secs, train_sec_per_step=timer.secs/(epochs*per_epoch), history=hist)
     return learn,rec
 
@@ -310,6 +321,9 @@ _OPT_HELP = ("optimizer and schedule, the same for every method: "
              "at a few hundred steps; "
              "'sgd': SGD with Nesterov momentum 0.9 and weight decay 5e-4, the learning rate decayed along a cosine "
              "from the first step to 0 (fit_flat_cos, pct_start=0), as in the FixMatch paper")
+_STRENGTH_HELP = ("the strong view of the methods that make one (FixMatch and its family, ReMixMatch): "
+                  "'fixmatch': 2 RandAugment operations, each applied with probability 0.5, then Cutout, as FixMatch's code; "
+                  "'usb': 3 operations, every one applied, then Cutout, as USB")
 _UNREADABLE = ("Image files that cannot be read (truncated, empty, or not an image PIL can open) are skipped, "
                "with one warning line on stderr that counts them and names the first.")
 
@@ -328,6 +342,10 @@ def _data_args(p, bench:bool=False):
     p.add_argument('--mu', type=int, default=7, help='unlabeled images per labeled image in a step (default: %(default)s)')
     p.add_argument('--model', default='small_cnn', help="'small_cnn', 'wrn28_2' or a timm model name (default: %(default)s)")
     p.add_argument('--size', type=int, default=32, help='image size for a folder of images (default: %(default)s)')
+    p.add_argument('--strength', default='fixmatch', choices=list(STRENGTHS), help=_STRENGTH_HELP + ' (default: %(default)s)')
+    p.add_argument('--ema', type=float, default=None, metavar='DECAY',
+                   help='validate (and export) an exponential moving average of the weights with this decay, e.g. 0.999 as USB; '
+                        'the decay is lower in the first steps (1 - 1/(step+1)) (default: the weights themselves)')
     p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
                    help='flip images in the unlabeled views (default: yes for fashion-mnist and folders, no for digits)')
 
@@ -385,7 +403,7 @@ def _write_steps(learn, csv, png)->bool:
 
 def _run_kw(a)->dict:
     "The arguments of `train_ssl` that `train` and `bench` share"
-    return dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt)
+    return dict(lr=a.lr, bs=a.bs, mu=a.mu, model=a.model, flip=a.flip, size=a.size, opt=a.opt, strength=a.strength, ema=a.ema)
 
 def _train(a, argv):
     _check(a)

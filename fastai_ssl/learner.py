@@ -41,12 +41,13 @@ def load(self:Learner, file, device=None, **kwargs):
     return self
 
 def _undo_on_error(f, undo:str):
-    "The `Learner` method `f`, after which, if it raises anything, SSL callbacks run their method `undo` (fastai runs `after_*` events only after `Cancel*Exception`s)"
+    "The `Learner` method `f`, after which, if it raises anything, SSL callbacks (and any callback with `undo_on_error`) run their method `undo` (fastai runs `after_*` events only after `Cancel*Exception`s)"
     @functools.wraps(f)
     def _f(self, *args, **kwargs):
         try: return f(self, *args, **kwargs)
         except BaseException:
-            for cb in ssl_cbs(self): getattr(cb, undo)()
+            for cb in self.cbs:
+                if cb in ssl_cbs(self) or getattr(cb, 'undo_on_error', False): getattr(cb, undo)()
             raise
     _f._ssl_undo = True
     return _f
