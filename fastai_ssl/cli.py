@@ -107,8 +107,9 @@ def _raw_accuracy(learn)->dict:
 
 def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_class:int|None=4, epochs:int=5, steps:int|None=None,
               seed:int=0, lr:float|None=None, bs:int=16, mu:int=7, model:str='small_cnn', flip:bool|None=None, size:int=32,
-              opt:str='adam', strength:str='fixmatch', ema:float|None=None, quiet:bool=False, log:Callable|None=None, lines:bool=False):
-    "Train `model` on `data` with `n_per_class` labels and `algo` ('supervised', a name in the catalogue, or a callable(u_dl)), the strong view of `strength`, validated with the average of the weights if `ema` (`EMAEval`, the average then copied into the model); return the Learner and a record of the run. `log` gets the data summary before training and, if `lines`, a line per epoch instead of the progress bar; `quiet`: neither"
+              opt:str='adam', strength:str='fixmatch', ema:float|None=None, cbs:list|None=None, quiet:bool=False, log:Callable|None=None,
+              lines:bool=False):
+    "Train `model` on `data` with `n_per_class` labels and `algo` ('supervised', a name in the catalogue, or a callable(u_dl)), the strong view of `strength`, validated with the average of the weights if `ema` (`EMAEval`, the average then copied into the model), and any other callbacks `cbs`; return the Learner and a record of the run. `log` gets the data summary before training and, if `lines`, a line per epoch instead of the progress bar; `quiet`: neither"
     if epochs < 1 or (steps is not None and steps < epochs): raise ValueError(f"`epochs` must be >= 1 and `steps` >= `epochs`, got {epochs} and {steps}")
     if opt not in OPTS: raise ValueError(f"`opt` must be one of {', '.join(OPTS)}, got {opt!r}")
     opt_func,lr = OPTS[opt][0],ifnone(lr, OPTS[opt][1])
@@ -124,7 +125,7 @@ def train_ssl(data:str='fashion-mnist', algo:str|Callable='fixmatch', n_per_clas
     dls.train = with_steps(dls.train, per_epoch)
     net = make_model(model, _n_channels(dls), dls.c)
     _check_model(net, dls, model)
-    learn = Learner(dls, net, metrics=accuracy, opt_func=opt_func, cbs=_callbacks(algo, u_dl, ifnone(flip, data_flip), True, strength, ema))
+    learn = Learner(dls, net, metrics=accuracy, opt_func=opt_func, cbs=_callbacks(algo, u_dl, ifnone(flip, data_flip), True, strength, ema) + L(cbs))
     ctx = [learn.no_bar(), learn.no_logging()] if quiet else [_epoch_lines(learn, log or noop, epochs)] if lines else []
     timer = _TrainTime()
     with ContextManagers(ctx):
