@@ -30,7 +30,7 @@ SETTINGS = {   # name: (callback maker, what differs from the paper's defaults)
     'softmatch': (lambda u: SoftMatch(u, flip=False, ema_p=0.9), 'flip=False, ema_p=0.9 (with 0.999 the weights stay ~1 over 120 steps)'),
     'dash': (lambda u: Dash(u, flip=False), 'flip=False'),
     'defixmatch': (lambda u: DeFixMatch(u, flip=False), 'flip=False'),
-    'remixmatch': (lambda u: ReMixMatch(u, flip=False, lambda_rot=0, da=DistAlign('uniform', momentum=0.9)),
+    'remixmatch': (lambda u: ReMixMatch(u, flip=False, lambda_rot=0, align=DistAlign('uniform', ema_p=0.9)),
                    'flip=False, lambda_rot=0, da=DistAlign(uniform, momentum=0.9) (120 steps, 8×8)'),
     'simmatch': (lambda u: SimMatch(u, flip=False), 'flip=False'),
     'comatch': (lambda u: CoMatch(u, flip=False), 'flip=False'),

@@ -9,34 +9,19 @@ __all__ = ['AdaMatch']
 from fastai.vision.all import *
 from .core import *
 from .fixmatch import *
-from .losses import *
+from .policies import *
 from .align import *
 
 # %% ../nbs/30_adamatch.ipynb #084e83ef
 @algorithm
-@delegates()
+@delegates(but='mask')
 class AdaMatch(FixMatch):
-    "AdaMatch (Berthelot et al. 2022): FixMatch with a threshold relative to the labeled confidence and distribution alignment"
-    stat_names = ('mask','thresh')
-    _stateattrs = FixMatch._stateattrs + ('p_model','p_target')
-    ssl_attrs = dict(p_model=None, p_target=None)   # the EMAs of distribution alignment
-    def __init__(self, u_dl, thresh:float=0.95, ema_p:float=0.999, dist_align:bool=True, **kwargs):
-        if not 0 <= ema_p < 1: raise ValueError(f"`ema_p` must be in [0, 1), got {ema_p}")
-        super().__init__(u_dl, thresh=thresh, **kwargs)
-        store_attr('ema_p,dist_align')
-        self.da = DistAlign('labeled', momentum=ema_p)
-
-    def relative_threshold(self, probs_l:Tensor)->Tensor:
-        "`thresh` times the mean confidence of the labeled predictions `probs_l`"
-        return self.thresh*probs_l.max(1)[0].mean()
-
-    def unlabeled_loss(self, weak, strong):
-        probs = F.softmax(weak.detach().float().as_subclass(Tensor)/self.T, 1)
-        probs_l = F.softmax(self.pred.detach().float().as_subclass(Tensor)/self.T, 1)   # `learn.pred`: the labeled logits
-        if self.dist_align: probs,self.p_model,self.p_target = self.da(probs, self.p_model, self.p_target, probs_l)
-        thr = self.relative_threshold(probs_l)
-        conf,pl = probs.max(1)
-        mask = (conf >= thr).float()
-        self.log_stats(mask=mask.mean(), thresh=thr)
-        self.log_pseudo(pl, mask)
-        return masked_ce(strong, pl, mask)
+    "AdaMatch (Berthelot et al. 2022): FixMatch with a threshold relative to the labeled confidence (`RelativeThreshold`) and distribution alignment"
+    def __init__(self, u_dl,
+                 thresh:float=0.95,               # the relative threshold τ: a share of the labeled batch's mean confidence
+                 ema_p:float=0.999,               # decay of the alignment's two EMAs
+                 align:DistAlign|bool=True,       # True: towards the labeled predictions, as the paper; False: none
+                 **kwargs):
+        if not 0 < thresh <= 1: raise ValueError(f"`thresh` must be in (0, 1], got {thresh}")
+        self._own_policy(kwargs)
+        super().__init__(u_dl, mask=RelativeThreshold(thresh), align=align_arg(align, partial(DistAlign, 'labeled', ema_p=ema_p)), **kwargs)

@@ -13,6 +13,7 @@ from .augment import *
 from .data import *
 from .models import *
 from .interpret import *
+from .policies import *
 
 def _import_all():
     "Import every other module of the package (each algorithm registers itself in `ALGORITHMS`) and take its public names: a new algorithm's notebook is all it takes"

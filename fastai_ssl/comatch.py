@@ -37,24 +37,25 @@ class CoMatch(WithFeatures, FixMatch):
     "CoMatch (Li et al. 2021): FixMatch with memory-smoothed pseudo-labels and a graph-contrastive loss between the embeddings of two strong views"
     n_views,stat_names = (1, 3),('mask','Lc')
     bank_names = ('bank',)
-    ssl_attrs = dict(p_model=None, p_target=None)   # distribution alignment
     def __init__(self, u_dl, thresh:float=0.95, T:float=0.2, alpha:float=0.9, lambda_c:float=1., contrast_thresh:float=0.8,
-                 proj:int=128, queue:int=5, da:DistAlign|bool=True, **kwargs):
+                 proj:int=128, queue:int=5, align:DistAlign|bool=True, **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_c >= 0: raise ValueError(f"`lambda_c` must be >= 0, got {lambda_c}")
         if not 0 <= contrast_thresh <= 1: raise ValueError(f"`contrast_thresh` must be in [0, 1], got {contrast_thresh}")
         if not (isinstance(proj, int) and proj >= 1): raise ValueError(f"`proj` must be an int >= 1, got {proj!r}")
         if not (isinstance(queue, int) and queue >= 1): raise ValueError(f"`queue` must be an int >= 1 (steps), got {queue!r}")
-        if not isinstance(da, (bool, DistAlign)): raise ValueError(f"`da` must be True, False or a `DistAlign`, got {da!r}")
-        super().__init__(u_dl, thresh=thresh, T=T, **kwargs)
+        super().__init__(u_dl, thresh=thresh, T=T, align=align_arg(align, partial(DistAlign, 'uniform', queue=32)), **kwargs)
         store_attr('alpha,lambda_c,contrast_thresh,proj,queue')
-        self.da = DistAlign('uniform', queue=32) if da is True else (da or None)
 
     def make_heads(self, n_feats): return dict(proj=mlp_head(n_feats, self.proj))
     def make_bank(self, name):
         "A bank for `queue` steps of labeled and unlabeled items"
         bs = self.dls.train.bs
         return MemoryBank(self.queue*(bs + getattr(self.u_dl, 'bs', 7*bs)))
+    def class_probs(self, logits):
+        "The probabilities the policy and alignment see: at temperature 1 (CoMatch's `T` is that of the contrastive loss and the memory)"
+        return F.softmax(logits.detach().float().as_subclass(Tensor), 1)
+
     def embed(self, f:Tensor)->Tensor:
         "The L2-normalised projection of features `f`"
         return F.normalize(self.heads['proj'](f).float(), dim=1)
@@ -67,16 +68,16 @@ class CoMatch(WithFeatures, FixMatch):
     def unlabeled_loss(self, weak, strong, strong2):
         z_l,z_w,z_1,z_2 = [self.embed(f) for f in (self.feats_l, *self.feats_u.values())]
         with torch.no_grad():
-            p = aligned(self, F.softmax(weak.detach().float(), 1), F.softmax(self.pred.detach().float(), 1))
+            p = self.class_probs(weak)
+            if self.align is not None: p = self.align(p, self)
             q = p
             if self.bank.full: q = memory_smooth(p, z_w, *self.bank.get(), self.T, self.alpha)   # a host-side count: no sync
             y = F.one_hot(self.y.as_subclass(Tensor).long(), p.shape[1]).float()
             self.bank.push(torch.cat([z_w, z_l]), torch.cat([p, y]))
             w = graph_targets(q, self.contrast_thresh)
-        conf,pl = q.max(1)
-        mask = (conf >= self.thresh).float()
+        pl,mask = q.max(1)[1],self.mask(q, self)
         l_c = graph_contrastive(z_1, z_2, w, self.T)
         self.add_loss(l_c, self.lambda_c)
-        self.log_stats(mask=mask.mean(), Lc=l_c)
+        self.log_stats(Lc=l_c)
         self.log_pseudo(pl, mask)
         return (soft_ce(strong, q, reduction='none')*mask).mean()

@@ -39,8 +39,9 @@ class CRMatch(WithFeatures, FixMatch):
         return dict(v, rot=rotate_all(v['weak'][:len(self.x)])[0]) if self.lambda_rot else v
 
     def unlabeled_loss(self, weak, strong, rot=None):
-        lu = super().unlabeled_loss(weak, strong)
-        mask = (F.softmax(weak.detach().float()/self.T, 1).max(1)[0] >= self.thresh).float()
+        pl,mask = self.pseudo_labels(weak)
+        self.log_pseudo(pl, mask)
+        lu = masked_ce(strong, pl, mask)
         ds = self.heads['ds']
         l_ds = feature_distance(ds(self.feats_u['weak']), ds(self.feats_u['strong']), mask)
         self.add_loss(l_ds, self.lambda_ds)

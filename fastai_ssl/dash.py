@@ -45,7 +45,7 @@ def _held_out_loss(model:nn.Module, dl, loss_func, n_batches:int|None=None, devi
 
 # %% ../nbs/32_dash.ipynb #7785f227
 @algorithm
-@delegates(but='thresh')
+@delegates(but='thresh,mask,align')
 class Dash(FixMatch):
     "Dash (Xu et al. 2021): pseudo-labels whose loss is under a threshold falling as C·γ^-(t-1)·ρ̂ to `rho_min`, after a supervised warm-up"
     stat_names = ('mask','rho')
@@ -62,7 +62,10 @@ class Dash(FixMatch):
         if rho_init is not None and not rho_init > 0: raise ValueError(f"`rho_init` must be > 0 (a loss value), or None to measure it on the validation set; got {rho_init}")
         if rho_batches is not None and not (isinstance(rho_batches, int) and rho_batches >= 1):
             raise ValueError(f"`rho_batches` must be an int >= 1, or None for the whole validation set; got {rho_batches!r}")
+        self._own_policy(kwargs)
+        if kwargs.get('align') is not None: raise ValueError("`align`: Dash thresholds the loss of the unaligned predictions; remove `align`")
         super().__init__(u_dl, T=T, **kwargs)
+        self.mask = None   # the threshold is on the loss, on Dash's own schedule, not a policy on the confidence
         store_attr('gamma,C,rho_min,warmup,period,rho_batches')
         self.rho_given = rho_init   # ρ̂ as given, kept apart from the state `rho_init` (set at the end of the warm-up)
 

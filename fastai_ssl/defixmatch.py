@@ -13,17 +13,18 @@ from .losses import *
 
 # %% ../nbs/33_defixmatch.ipynb #7ae114f7
 def _fixmatch_term(p_weak, p_strong, thresh, T):
-    "FixMatch's H: cross-entropy of `p_strong` against the confident pseudo-labels of `p_weak`, over all items; the mask and labels"
+    "FixMatch's H on the labeled images: cross-entropy of `p_strong` against the confident pseudo-labels of `p_weak`, over all items; the mask and labels"
     conf,pl = F.softmax(p_weak.detach().float().as_subclass(Tensor)/T, 1).max(1)
     mask = (conf >= thresh).float()
     return masked_ce(p_strong, pl, mask),mask,pl
 
 @algorithm
-@delegates()
+@delegates(but='mask')
 class DeFixMatch(FixMatch):
     "DeFixMatch (Schmutz et al. 2023): FixMatch's unlabeled loss minus the same loss on the labeled images, an unbiased estimate"
     stat_names = ('mask','mask_l')
     def __init__(self, u_dl, thresh:float=0.95, lambda_u:float=0.5, **kwargs):
+        self._own_policy(kwargs)   # the debiasing term applies the same fixed threshold to the labeled images
         super().__init__(u_dl, thresh=thresh, lambda_u=lambda_u, **kwargs)
 
     def unlabeled_views(self, views):
@@ -35,8 +36,8 @@ class DeFixMatch(FixMatch):
         return (self.loss_grad + self.learn.loss_func(self.pred_u['labeled_strong'], *yb))/2
 
     def unlabeled_loss(self, weak, strong, labeled_strong):
-        lu,mask,pl = _fixmatch_term(weak, strong, self.thresh, self.T)
-        ll,mask_l,_ = _fixmatch_term(self.pred, labeled_strong, self.thresh, self.T)   # `learn.pred`: the labeled logits
-        self.log_stats(mask=mask.mean(), mask_l=mask_l.mean())
+        pl,mask = self.pseudo_labels(weak)
+        ll,mask_l,_ = _fixmatch_term(self.pred, labeled_strong, self.mask.thresh, self.T)   # `learn.pred`: the labeled logits
+        self.log_stats(mask_l=mask_l.mean())
         self.log_pseudo(pl, mask)
-        return lu - ll
+        return masked_ce(strong, pl, mask) - ll

@@ -10,6 +10,8 @@ from fastai.vision.all import *
 from .core import *
 from .augment import *
 from .losses import *
+from .policies import *
+from .align import DistAlign
 
 # %% ../nbs/10_fixmatch.ipynb #5aa122ea
 @algorithm
@@ -17,13 +19,24 @@ from .losses import *
 class FixMatch(SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"
     n_views,stat_names = (1,2),('mask',)
-    def __init__(self, u_dl, thresh:float=0.95, lambda_u:float=1., T:float=1., flip:bool=True,
-                 weak:Callable|None=None, strong:Callable|None=None, **kwargs):
-        if not 0 < thresh <= 1: raise ValueError(f"`thresh` must be in (0, 1], got {thresh}")
+    def __init__(self, u_dl,
+                 thresh:float|None=None,         # the confidence a pseudo-label needs (default 0.95): `mask=Threshold(thresh)`
+                 lambda_u:float=1.,              # weight of the unlabeled loss
+                 T:float=1.,                     # temperature of the weak view's softmax
+                 flip:bool=True,                 # whether the default views flip images
+                 weak:Callable|None=None,        # makes the weak view of a batch (default `WeakAug`)
+                 strong:Callable|None=None,      # makes the strong view (default `StrongAug`)
+                 mask:Policy|None=None,          # the pseudo-label policy (default `Threshold(thresh)`)
+                 align:DistAlign|None=None,      # distribution alignment of the probabilities before the policy
+                 **kwargs):
         if not T > 0: raise ValueError(f"`T` must be > 0, got {T}")
+        if mask is not None and thresh is not None: raise ValueError("`thresh` and `mask`: give the threshold to the policy, e.g. `mask=Threshold(0.9)`, or drop `mask`")
+        if mask is not None and not isinstance(mask, Policy): raise ValueError(f"`mask` must be a pseudo-label policy such as `Threshold(0.95)` or `FlexThreshold()`, got {mask!r}")
+        if align is not None and not isinstance(align, DistAlign): raise ValueError(f"`align` must be a `DistAlign` or None, got {align!r}")
         super().__init__(u_dl, lambda_u=lambda_u, **kwargs)
-        store_attr('thresh,T')
+        self.T,self.mask,self.align = T,ifnone(mask, Threshold(ifnone(thresh, 0.95))),align
         self.weak,self.strong = ifnone(weak, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
+        self.stat_names = tuple(dict.fromkeys(self.mask.stat_names + type(self).stat_names))   # the policy's, then the algorithm's own
 
     def before_fit(self):
         super().before_fit()
@@ -34,9 +47,25 @@ class FixMatch(SSLCallback):
         w,s = views if len(views) == 2 else (self.weak(views[0]), self.strong(views[0]))
         return dict(weak=w, strong=s)
 
+    def _own_policy(self, kwargs):
+        "Refuse a `mask` in `kwargs`: this algorithm is FixMatch with a pseudo-label policy of its own"
+        if 'mask' in kwargs: raise ValueError(f"`mask`: {type(self).__name__} is FixMatch with its own pseudo-label policy; for another one use `FixMatch(u_dl, mask=...)`")
+
+    def class_probs(self, logits:Tensor)->Tensor:
+        "Class probabilities of `logits`, without gradient, at temperature `T`: what alignment and the policy see"
+        return F.softmax(logits.detach().float().as_subclass(Tensor)/self.T, 1)
+
+    def labeled_probs(self)->Tensor:
+        "`class_probs` of the labeled batch (`learn.pred`): for a relative threshold, or alignment to the labeled predictions"
+        return self.class_probs(self.pred)
+
+    def pseudo_labels(self, weak:Tensor)->tuple:
+        "The weak view's hard pseudo-labels and their weights: its class probabilities, aligned by `align` if given, weighed by the policy `mask`"
+        probs = self.class_probs(weak)
+        if self.align is not None: probs = self.align(probs, self)
+        return probs.max(1)[1],self.mask(probs, self)
+
     def unlabeled_loss(self, weak, strong):
-        conf,pl = F.softmax(weak.detach().float()/self.T, 1).max(1)
-        mask = (conf >= self.thresh).float()
-        self.log_stats(mask=mask.mean())
-        self.log_pseudo(pl, mask)
-        return masked_ce(strong, pl, mask)
+        pl,w = self.pseudo_labels(weak)
+        self.log_pseudo(pl, w)
+        return masked_ce(strong, pl, w)

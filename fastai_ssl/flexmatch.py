@@ -9,57 +9,17 @@ __all__ = ['FlexMatch']
 from fastai.vision.all import *
 from .core import *
 from .fixmatch import *
-from .losses import *
-
-# %% ../nbs/18_flexmatch.ipynb #f3965f90
-_mappings = dict(convex=lambda b: b/(2-b), linear=lambda b: b)
-
-def _n_items(dl, bs):
-    "How many items the unlabeled loader `dl` holds: its data set's length, or its number of batches of `bs`"
-    ds = getattr(dl, 'dataset', None)
-    if ds is not None and hasattr(ds, '__len__'): return len(ds)
-    if hasattr(dl, '__len__'): return len(dl)*bs
-    raise ValueError("FlexMatch counts the unlabeled items: give `u_dl` a `dataset` or a length")
+from .policies import *
 
 # %% ../nbs/18_flexmatch.ipynb #1e698fa0
 @algorithm
-@delegates()
+@delegates(but='mask')
 class FlexMatch(FixMatch):
-    "FlexMatch (Zhang et al. 2021): FixMatch with a threshold per class, scaled by how well the class is learned"
-    stat_names = ('mask','thresh')
-    _stateattrs = FixMatch._stateattrs + ('classes',)
-    ssl_attrs = dict(classes=None, pos=0, n_classes=None)   # the slots of confident classes that set the thresholds
-    def __init__(self, u_dl, thresh:float=0.95, warmup:bool=True, mapping:str='convex', **kwargs):
-        if mapping not in _mappings: raise ValueError(f"`mapping` must be 'convex' or 'linear', got {mapping!r}")
-        super().__init__(u_dl, thresh=thresh, **kwargs)
-        store_attr('warmup,mapping')
-
-    @property
-    def thresholds(self):
-        "The threshold of each class now (`None` before training)"
-        if self.classes is None: return None
-        dev = self.classes.device
-        counts = torch.zeros(self.n_classes+1, device=dev).index_add_(0, self.classes+1, torch.ones(len(self.classes), device=dev))
-        unused,sigma = counts[0],counts[1:]
-        beta = sigma/(torch.maximum(sigma.max(), unused) if self.warmup else sigma.max()).clamp_min(1)
-        return self.thresh*_mappings[self.mapping](beta)
-
-    def _remember(self, pl, confident):
-        "Write the classes of this batch's confident predictions into the next slots; the others keep theirs"
-        n = len(self.classes)
-        i = (self.pos + torch.arange(len(pl), device=pl.device)) % n
-        self.classes[i] = torch.where(confident, pl, self.classes[i])
-        self.pos = (self.pos + len(pl)) % n
-
-    def unlabeled_loss(self, weak, strong):
-        conf,pl = F.softmax(weak.detach().float()/self.T, 1).max(1)
-        if self.classes is None:   # first step: every slot unused
-            self.classes,self.pos,self.n_classes = torch.full((_n_items(self.u_dl, len(pl)),), -1, device=pl.device),0,weak.shape[1]
-        self.classes = self.classes.to(pl.device)
-        thr = self.thresholds
-        mask = (conf >= thr[pl]).float()
-        self._remember(pl, conf >= self.thresh)
-        self.log_stats(mask=mask.mean(), thresh=thr.mean())
-        self.log_step(thresholds=thr)
-        self.log_pseudo(pl, mask)
-        return masked_ce(strong, pl, mask)
+    "FlexMatch (Zhang et al. 2021): FixMatch with a threshold per class, scaled by how well the class is learned (`FlexThreshold`)"
+    def __init__(self, u_dl,
+                 thresh:float=0.95,        # the highest threshold τ, which also decides which predictions count in σ
+                 warmup:bool=True,         # threshold warm-up: the items not yet confident count in the normaliser
+                 mapping:str='convex',     # M: 'convex' x/(2−x) or 'linear' x
+                 **kwargs):
+        self._own_policy(kwargs)
+        super().__init__(u_dl, mask=FlexThreshold(thresh, warmup, mapping), **kwargs)

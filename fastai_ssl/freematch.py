@@ -10,6 +10,7 @@ from fastai.vision.all import *
 from .core import *
 from .fixmatch import *
 from .losses import *
+from .policies import *
 
 # %% ../nbs/19_freematch.ipynb #80e8a904
 def _sum_norm(x): return x/x.sum().clamp_min(1e-12)
@@ -25,43 +26,21 @@ def fairness_loss(logits:Tensor, mask:Tensor, p_model:Tensor, label_hist:Tensor)
 
 # %% ../nbs/19_freematch.ipynb #0bfd06b1
 @algorithm
-@delegates(but='thresh')
+@delegates(but='thresh,mask')
 class FreeMatch(FixMatch):
-    "FreeMatch (Wang et al. 2023): FixMatch with self-adaptive global and class-wise thresholds and a fairness term"
-    stat_names = ('mask','thresh')
-    _stateattrs = FixMatch._stateattrs + ('time_p','p_model','label_hist')
-    ssl_attrs = dict(time_p=None, p_model=None, label_hist=None)   # the EMAs that set the thresholds
-    def __init__(self, u_dl, ema_p:float=0.999, ent_weight:float=0.01, tau0:float|None=None, **kwargs):
+    "FreeMatch (Wang et al. 2023): FixMatch with self-adaptive global and class-wise thresholds (`SelfAdaptiveThreshold`) and a fairness term"
+    def __init__(self, u_dl,
+                 ema_p:float=0.999,          # decay of the EMAs τ_t, p̃_t and h̃_t
+                 ent_weight:float=0.01,      # weight of the fairness term
+                 tau0:float|None=None,       # the EMAs' start: None is the paper's 1/C, USB's code uses 1
+                 **kwargs):
         if 'thresh' in kwargs: raise ValueError("FreeMatch sets its thresholds itself: remove `thresh`")
-        if not 0 <= ema_p < 1: raise ValueError(f"`ema_p` must be in [0, 1), got {ema_p}")
         if not ent_weight >= 0: raise ValueError(f"`ent_weight` must be >= 0, got {ent_weight}")
-        if tau0 is not None and not 0 < tau0 <= 1: raise ValueError(f"`tau0` must be in (0, 1] or None, got {tau0}")
-        super().__init__(u_dl, **kwargs)
-        store_attr('ema_p,ent_weight,tau0')
-
-    @property
-    def thresholds(self):
-        "The threshold of each class now: τ_t · MaxNorm(p̃_t) (`None` before training)"
-        return None if self.time_p is None else self.time_p*self.p_model/self.p_model.max()
-
-    def _update(self, probs):
-        "Move the EMAs of the confidence τ_t, the class probabilities p̃_t and the class histogram h̃_t towards this batch"
-        probs,c = probs.as_subclass(Tensor),probs.shape[1]   # plain tensors: the state is saved with `weights_only`
-        if self.time_p is None:
-            t0 = ifnone(self.tau0, 1/c)
-            self.time_p,self.p_model,self.label_hist = probs.new_tensor(t0),probs.new_full((c,), t0),probs.new_full((c,), 1/c)
-        w = 1 - self.ema_p
-        conf,pl = probs.max(1)
-        self.time_p = self.time_p.to(probs.device).lerp(conf.mean(), w)
-        self.p_model = self.p_model.to(probs.device).lerp(probs.mean(0), w)
-        self.label_hist = self.label_hist.to(probs.device).lerp(F.one_hot(pl, c).float().mean(0), w)
+        self._own_policy(kwargs)
+        super().__init__(u_dl, mask=SelfAdaptiveThreshold(ema_p, tau0), **kwargs)
+        self.ent_weight = ent_weight
 
     def unlabeled_loss(self, weak, strong):
-        probs = F.softmax(weak.detach().float()/self.T, 1)
-        self._update(probs)
-        conf,pl = probs.max(1)
-        mask = (conf >= self.thresholds[pl]).float()
-        self.log_stats(mask=mask.mean(), thresh=self.time_p)
-        self.log_step(thresholds=self.thresholds)
-        self.log_pseudo(pl, mask)
-        return masked_ce(strong, pl, mask) + self.ent_weight*fairness_loss(strong, mask, self.p_model, self.label_hist)
+        pl,w = self.pseudo_labels(weak)
+        self.log_pseudo(pl, w)
+        return masked_ce(strong, pl, w) + self.ent_weight*fairness_loss(strong, w, self.mask.p_model, self.mask.label_hist)

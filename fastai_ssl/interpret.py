@@ -6,7 +6,7 @@
 __all__ = ['PseudoLabelInterpretation']
 
 # %% ../nbs/21_interpret.ipynb #a3dd4b2e
-import inspect, math, re
+import math, re
 from fastai.vision.all import *
 from .core import SSLCallback
 from .learner import input_shape, item_shape
@@ -31,9 +31,10 @@ def _line(ax, h, col, beta, label=None, **kwargs):
     if beta: ax.plot(h.step, h[col], color=l.get_color(), alpha=0.2, lw=0.8)
     return l
 
-def _uses_thresh(cb):
-    "Whether `cb.thresh` is a confidence threshold of `cb` (FreeMatch inherits the attribute but sets its thresholds itself)"
-    return isinstance(getattr(cb, 'thresh', None), float) and 'thresh' in inspect.signature(type(cb)).parameters
+def _thresh(cb)->float|None:
+    "The fixed confidence threshold of `cb`'s pseudo-label policy (`Threshold`, or `FlexThreshold`'s highest), or None if it has none"
+    t = getattr(getattr(cb, 'mask', None), 'thresh', None)
+    return t if isinstance(t, (int, float)) else None
 
 def _n_items(o):
     "The number of items of the dataset (or loader) `o`, or `None` if unknown or empty"
@@ -78,8 +79,8 @@ def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False
         ax.legend(lines[0][0]+lines[1][0], lines[0][1]+lines[1][1], **_below)
     else: ax.legend(**_below)
     ax = axs['rates']
-    thr = _uses_thresh(self) and not thr_panel   # the threshold is a confidence, not a rate: named in the legend of the mask only
-    names = {'mask': f'mask (confidence ≥ {self.thresh:g})' if thr else 'mask', 'pl_acc': 'pl_acc (accuracy of the pseudo-labels)'}
+    thr = None if thr_panel else _thresh(self)   # the threshold is a confidence, not a rate: named in the legend of the mask only
+    names = {'mask': f'mask (confidence ≥ {thr:g})' if thr is not None else 'mask', 'pl_acc': 'pl_acc (accuracy of the pseudo-labels)'}
     for c in rates: _line(ax, h, c, smooth, label=names.get(c))
     in01 = rates and h[rates].min().min() >= 0 and h[rates].max().max() <= 1
     if in01: ax.set_ylim(-0.02, 1.02)
@@ -95,7 +96,7 @@ def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False
                     label=str(vocab[j]) if len(vocab) == len(cols) and len(cols) <= 10 else None)
         if k == 'thresholds':
             if 'thresh' in h: ax.plot(h.step, h.thresh, color='k', lw=2, label='thresh' + (' (mean)' if cols else ''))
-            if _uses_thresh(self): ax.axhline(self.thresh, color='k', ls=':', lw=1, label=f'thresh = {self.thresh:g}')
+            if _thresh(self) is not None: ax.axhline(_thresh(self), color='k', ls=':', lw=1, label=f'thresh = {_thresh(self):g}')
         ax.set_title(k + (' per class' if cols else '')); ax.set_ylabel('confidence threshold' if k == 'thresholds' else k)
         if ax.get_legend_handles_labels()[0]: ax.legend(**{**_below, 'fontsize': 7, 'ncol': 4})
     for ax in axs.values():
@@ -184,7 +185,7 @@ class PseudoLabelInterpretation:
         _check_shape(learn, dl)
         probs,targs = learn.get_preds(dl=dl)
         if targs is not None and not (isinstance(targs, Tensor) and targs.ndim == 1 and len(targs) == len(probs)): targs = None
-        if thresh is None: thresh = first(cb.thresh for cb in learn.cbs if isinstance(cb, SSLCallback) and _uses_thresh(cb))
+        if thresh is None: thresh = first(_thresh(cb) for cb in learn.cbs if isinstance(cb, SSLCallback))
         return cls(learn, dl, probs.float(), targs, thresh)
 
     def __len__(self): return len(self.probs)

@@ -10,6 +10,7 @@ from fastai.vision.all import *
 from .core import *
 from .augment import *
 from .losses import *
+from .policies import Threshold
 
 # %% ../nbs/14_pseudolabel.ipynb #fb8b011b
 @algorithm
@@ -19,15 +20,13 @@ class PseudoLabel(SSLCallback):
     stat_names = ('mask',)
     def __init__(self, u_dl, thresh:float=0.95, lambda_u:float=1., ramp:Callable|None=LinearRamp(0.4),
                  flip:bool=True, aug:Callable|None=None, **kwargs):
-        if not 0 < thresh <= 1: raise ValueError(f"`thresh` must be in (0, 1], got {thresh}")
         super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp, **kwargs)
-        self.thresh,self.aug = thresh,ifnone(aug, WeakAug(flip=flip))
+        self.mask,self.aug = Threshold(thresh),ifnone(aug, WeakAug(flip=flip))
 
     def unlabeled_views(self, views): return dict(weak=self.aug(views[0]))
 
     def unlabeled_loss(self, weak):
-        conf,pl = F.softmax(weak.detach().float(), 1).max(1)
-        mask = (conf >= self.thresh).float()
-        self.log_stats(mask=mask.mean())
+        probs = F.softmax(weak.detach().float(), 1)
+        pl,mask = probs.max(1)[1],self.mask(probs, self)
         self.log_pseudo(pl, mask)
         return masked_ce(weak, pl, mask)

@@ -13,13 +13,6 @@ from .losses import *
 from .align import *
 from .features import *
 
-# %% ../nbs/34_remixmatch.ipynb #c3c8b636
-def _labels(ds)->Tensor:
-    "The integer labels of the labeled data set `ds` (a fastai `Datasets`, or items `(x, y)`)"
-    tls = getattr(ds, 'tls', None)
-    ys = tls[-1] if tls is not None and len(tls) > 1 else (o[-1] for o in ds)
-    return tensor([int(y) for y in ys])
-
 # %% ../nbs/34_remixmatch.ipynb #568be10c
 @algorithm
 @delegates()
@@ -27,22 +20,19 @@ class ReMixMatch(WithFeatures, SSLCallback):
     "ReMixMatch (Berthelot et al. 2020): aligned, sharpened guesses of a weak view anchor K strong views, mixed up with the labeled items; rotation prediction"
     stat_names = ('Lkl',)
     _stateattrs = SSLCallback._stateattrs + ('guess','target')
-    ssl_attrs = dict(p_model=None, p_target=None)   # distribution alignment
     def __init__(self, u_dl, T:float=0.5, K:int=2, alpha:float=0.75, lambda_u:float=1.5, lambda_kl:float=0.5, lambda_rot:float=0.5,
-                 ramp:Callable|None=LinearRamp(1/64), da:DistAlign|bool=True, flip:bool=True, aug:Callable|None=None,
+                 ramp:Callable|None=LinearRamp(1/64), align:DistAlign|bool=True, flip:bool=True, aug:Callable|None=None,
                  strong:Callable|None=None, **kwargs):
         if not T > 0: raise ValueError(f"`T` must be > 0, got {T}")
         if not (isinstance(K, int) and K >= 1): raise ValueError(f"`K` must be an int >= 1, got {K!r}")
         if not alpha > 0: raise ValueError(f"`alpha` must be > 0, got {alpha}")
         if not lambda_kl >= 0: raise ValueError(f"`lambda_kl` must be >= 0, got {lambda_kl}")
         if not lambda_rot >= 0: raise ValueError(f"`lambda_rot` must be >= 0, got {lambda_rot}")
-        if not isinstance(da, (bool, DistAlign)): raise ValueError(f"`da` must be True, False or a `DistAlign`, got {da!r}")
         for n,f in (('aug', aug), ('strong', strong)):
             if f is not None and not callable(f): raise ValueError(f"`{n}` must be a callable making a view of a batch, e.g. `WeakAug(flip=False)`")
         super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp, **kwargs)
         store_attr('T,K,alpha,lambda_kl,lambda_rot')
-        self.da = da if isinstance(da, DistAlign) else None
-        self._da_classes = da is True   # towards the labeled class distribution, known once the data is
+        self.align = align_arg(align, partial(DistAlign, 'labels', ema_p=0.999))
         self.aug,self.strong = ifnone(aug, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
         self.n_views = (1, K+1)   # plain images, or the loader's (weak, strong × K)
         self.guess,self.target = None,None
@@ -54,9 +44,7 @@ class ReMixMatch(WithFeatures, SSLCallback):
         super().before_fit()
         if hasattr(self.strong, 'setup'): self.strong.setup(self.dls)
 
-    def _align(self, p):
-        if self.da is None and self._da_classes: self.da = DistAlign(class_dist(_labels(self.dls.train_ds), p.shape[1]), momentum=0.999)
-        return aligned(self, p)
+    def _align(self, p): return p if self.align is None else self.align(p, self)
 
     def unlabeled_views(self, views):
         "The K strong views and the weak one (mixed later), the first strong view again (unmixed) and turned; keeps the guess"

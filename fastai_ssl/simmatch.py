@@ -30,36 +30,37 @@ class SimMatch(WithFeatures, FixMatch):
     "SimMatch (Zheng et al. 2022): FixMatch with pseudo-labels unfolded and aggregated through similarities to a bank of labeled embeddings"
     stat_names = ('mask','Lin')
     bank_names = ('bank',)
-    ssl_attrs = dict(p_model=None, p_target=None)   # distribution alignment
     def __init__(self, u_dl, thresh:float=0.95, T:float=0.1, alpha:float=0.9, lambda_in:float=1., proj:int=128,
-                 K:int|None=None, da:DistAlign|bool=True, **kwargs):
+                 K:int|None=None, align:DistAlign|bool=True, **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_in >= 0: raise ValueError(f"`lambda_in` must be >= 0, got {lambda_in}")
         if not (isinstance(proj, int) and proj >= 1): raise ValueError(f"`proj` must be an int >= 1, got {proj!r}")
         if K is not None and not (isinstance(K, int) and K >= 1): raise ValueError(f"`K` must be an int >= 1 or None (the labeled items), got {K!r}")
-        if not isinstance(da, (bool, DistAlign)): raise ValueError(f"`da` must be True, False or a `DistAlign`, got {da!r}")
-        super().__init__(u_dl, thresh=thresh, T=T, **kwargs)
+        super().__init__(u_dl, thresh=thresh, T=T, align=align_arg(align, partial(DistAlign, 'uniform', queue=32)), **kwargs)
         store_attr('alpha,lambda_in,proj,K')
-        self.da = DistAlign('uniform', queue=32) if da is True else (da or None)
 
     def make_heads(self, n_feats): return dict(proj=mlp_head(n_feats, self.proj))
     def make_bank(self, name): return MemoryBank(ifnone(self.K, len(self.dls.train_ds)))
+    def class_probs(self, logits):
+        "The probabilities the policy and alignment see: at temperature 1 (SimMatch's `T` is that of the similarities)"
+        return F.softmax(logits.detach().float().as_subclass(Tensor), 1)
+
     def embed(self, f:Tensor)->Tensor:
         "The L2-normalised projection of features `f`"
         return F.normalize(self.heads['proj'](f).float(), dim=1)
 
     def unlabeled_loss(self, weak, strong):
         z_l,z_w,z_s = self.embed(self.feats_l),self.embed(self.feats_u['weak']),self.embed(self.feats_u['strong'])
-        probs = aligned(self, F.softmax(weak.detach().float(), 1), F.softmax(self.pred.detach().float(), 1))
+        probs = self.class_probs(weak)
+        if self.align is not None: probs = self.align(probs, self)
         l_in = strong.new_zeros((), dtype=torch.float32)
         if self.bank.full:   # a host-side count: no sync
             bank_z,bank_y = self.bank.get()
             with torch.no_grad(): q,probs = unfold_aggregate(probs, z_w @ bank_z.T, bank_y, self.T, self.alpha)
             l_in = soft_ce(z_s @ bank_z.T/self.T, q)
         self.bank.push(z_l.detach(), self.y.as_subclass(Tensor).long())
-        conf,pl = probs.max(1)
-        mask = (conf >= self.thresh).float()
+        pl,mask = probs.max(1)[1],self.mask(probs, self)
         self.add_loss(l_in, self.lambda_in)
-        self.log_stats(mask=mask.mean(), Lin=l_in)
+        self.log_stats(Lin=l_in)
         self.log_pseudo(pl, mask)
         return (soft_ce(strong, probs, reduction='none')*mask).mean()

@@ -9,46 +9,23 @@ __all__ = ['SoftMatch']
 from fastai.vision.all import *
 from .core import *
 from .fixmatch import *
-from .losses import *
+from .policies import *
 from .align import *
-from .distrib import batch_mean
 
 # %% ../nbs/31_softmatch.ipynb #c93f39ef
 @algorithm
-@delegates(but='thresh')
+@delegates(but='thresh,mask')
 class SoftMatch(FixMatch):
-    "SoftMatch (Chen et al. 2023): every pseudo-label counts, weighted by a Gaussian of its confidence truncated at the running mean"
-    stat_names = ('mask','thresh')
-    _stateattrs = FixMatch._stateattrs + ('mu','var','p_model','p_target')
-    ssl_attrs = dict(mu=None, var=None, p_model=None, p_target=None)   # the confidence EMAs and those of alignment
-    def __init__(self, u_dl, n_sigma:float=2., ema_p:float=0.999, dist_align:bool=True, **kwargs):
+    "SoftMatch (Chen et al. 2023): every pseudo-label counts, weighted by a Gaussian of its confidence truncated at the running mean (`SoftWeights`), after uniform alignment"
+    def __init__(self, u_dl,
+                 n_sigma:float=2.,                 # the Gaussian's standard deviation is σ_t/n_sigma
+                 ema_p:float=0.999,                # decay of the EMAs of μ_t, σ_t² and of the alignment's p̄
+                 align:DistAlign|bool=True,        # True: uniform alignment, as the paper; False: none
+                 **kwargs):
         if 'thresh' in kwargs: raise ValueError("SoftMatch weighs pseudo-labels instead of thresholding them: remove `thresh`")
-        if not n_sigma > 0: raise ValueError(f"`n_sigma` must be > 0, got {n_sigma}")
-        if not 0 <= ema_p < 1: raise ValueError(f"`ema_p` must be in [0, 1), got {ema_p}")
-        super().__init__(u_dl, **kwargs)
-        store_attr('n_sigma,ema_p,dist_align')
-        self.da = DistAlign('uniform', momentum=ema_p)
+        self._own_policy(kwargs)
+        super().__init__(u_dl, mask=SoftWeights(n_sigma, ema_p), align=align_arg(align, partial(DistAlign, 'uniform', ema_p=ema_p)), **kwargs)
 
-    def _update(self, conf:Tensor, n_classes:int):
-        "Move the EMAs of the confidences' mean μ_t and unbiased variance σ_t² towards this batch's"
-        if self.mu is None: self.mu,self.var = conf.new_tensor(1/n_classes),conf.new_tensor(1.)
-        m1,m2 = batch_mean(torch.stack([conf, conf*conf], 1))   # over the processes too
-        n = len(conf)*max(num_distrib(), 1)
-        var = (m2 - m1*m1).clamp_min(0)*n/max(n-1, 1)
-        self.mu,self.var = self.mu.to(conf.device).lerp(m1, 1-self.ema_p),self.var.to(conf.device).lerp(var, 1-self.ema_p)
-
-    def weights(self, conf:Tensor)->Tensor:
-        "The weight of each confidence in `conf`: 1 at and above μ_t, a Gaussian of standard deviation σ_t/`n_sigma` below"
-        return torch.exp(-(conf - self.mu).clamp(max=0)**2/(2*self.var.clamp_min(1e-12)/self.n_sigma**2))
-
-    def unlabeled_loss(self, weak, strong):
-        probs = F.softmax(weak.detach().float().as_subclass(Tensor)/self.T, 1)
-        pl = probs.argmax(1)
-        if self.dist_align: probs,self.p_model,self.p_target = self.da(probs, self.p_model, self.p_target)
-        conf = probs.max(1)[0]
-        self._update(conf, probs.shape[1])
-        w = self.weights(conf)
-        self.log_stats(mask=w.mean(), thresh=self.mu)
-        self.log_step(sigma=self.var.sqrt())   # σ_t, the confidences' running std (the weights' Gaussian has σ_t/n_sigma), per step in `history`
-        self.log_pseudo(pl, w)
-        return masked_ce(strong, pl, w)
+    def pseudo_labels(self, weak):
+        "FixMatch's weights; the labels are the arg-max of the probabilities before alignment, as in USB"
+        return self.class_probs(weak).argmax(1),super().pseudo_labels(weak)[1]

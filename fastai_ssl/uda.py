@@ -35,10 +35,11 @@ class UDA(FixMatch):
         keep = ((-ce.detach()).exp() <= tsa_thresh(self.tsa, self.learn.pct_train, pred.shape[1])).float()
         return (ce*keep).sum()/keep.sum().clamp_min(1)
 
+    def class_probs(self, logits):
+        "The probabilities the policy sees: at temperature 1 (UDA's `T` sharpens the target only)"
+        return F.softmax(logits.detach().float().as_subclass(Tensor), 1)
+
     def unlabeled_loss(self, weak, strong):
-        p = weak.detach().float()
-        conf,pl = F.softmax(p, 1).max(1)
-        mask = (conf >= self.thresh).float()
-        self.log_stats(mask=mask.mean())
+        pl,mask = self.pseudo_labels(weak)
         self.log_pseudo(pl, mask)
-        return (kl_cons(strong, F.softmax(p/self.T, 1), reduction='none')*mask).mean()
+        return (kl_cons(strong, F.softmax(weak.detach().float()/self.T, 1), reduction='none')*mask).mean()

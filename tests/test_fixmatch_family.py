@@ -1,5 +1,6 @@
 "AdaMatch, SoftMatch, Dash, DeFixMatch and distribution alignment: they beat supervised training on digits, keep their state across save/load, run under bf16"
 import pickle
+from types import SimpleNamespace
 import numpy as np
 import pytest
 from fastai.vision.all import *
@@ -30,7 +31,9 @@ MARGINS = dict(adamatch=0.06, softmatch=0.06, dash=0.05, defixmatch=0.05)
 def test_beats_supervised(name, supervised): assert_beats_supervised(BEAT[name], supervised, MARGINS[name])
 
 
-def _state(cb): return {k: getattr(cb, k) for k in type(cb).ssl_attrs}
+def _state(cb):
+    "The training state of `cb`: its `ssl_attrs` and its parts' state (policy, alignment)"
+    return {**{k: getattr(cb, k) for k in type(cb).ssl_attrs}, **{f'{n}.{k}': v for n,p in cb.parts.items() for k,v in p.state_dict().items()}}
 
 STATEFUL = ['adamatch', 'softmatch', 'dash']
 
@@ -47,7 +50,7 @@ def test_state_moves_and_survives_save_load(name, digits):
     learn.save('ckpt')
     learn2 = digits_learner(digits, ALGOS[name], path=learn.path).load('ckpt')
     cb2 = ssl_cb(learn2)
-    for k,v in _state(cb).items(): test_eq(getattr(cb2, k), v)
+    for k,v in _state(cb).items(): test_eq(_state(cb2)[k], v)
     test_eq(cb2.step, cb.step)
     quiet_fit(learn2, 1, 1e-2)   # training goes on from the restored state
     assert all(math.isfinite(v) for v in learn2.recorder.values[-1])
@@ -86,18 +89,18 @@ def test_alignment_brings_the_mean_to_the_target():
                      ('labeled', torch.full((10,), 0.1))]:
         t = ifnone(t, target)
         for queue in (None, 4):
-            aligned,p_model,p_target = DistAlign(target, momentum=0., queue=queue)(probs, None, None, probs_l)
-            test_close(dist_of(p_model), probs.mean(0))
-            test_close(dist_of(p_target), t)
+            da = DistAlign(target, ema_p=0., queue=queue)
+            aligned = da(probs, SimpleNamespace(labeled_probs=lambda: probs_l))
+            test_close(dist_of(da.p_model), probs.mean(0))
+            test_close(dist_of(da.p_target), t)
             assert (aligned.mean(0) - t).abs().max() < (probs.mean(0) - t).abs().max()/5
 
 def test_alignment_state_follows_the_device_and_sums_to_one():
-    da = DistAlign('labeled', momentum=0.9)
+    da = DistAlign('labeled', ema_p=0.9)
     probs = F.softmax(torch.randn(8, 3), 1)
-    _,p_model,p_target = da(probs, None, None, probs)
-    for _ in range(3): _,p_model,p_target = da(probs, p_model, p_target, probs)
-    test_close(p_model.sum(), 1.); test_close(p_target.sum(), 1.)
-    with pytest.raises(ValueError, match='`target` has 4 classes'): DistAlign(torch.ones(4))(probs, None)
+    for _ in range(4): da(probs, SimpleNamespace(labeled_probs=lambda: probs))
+    test_close(da.p_model.sum(), 1.); test_close(da.p_target.sum(), 1.)
+    with pytest.raises(ValueError, match='`target` has 4 classes'): DistAlign(torch.ones(4))(probs)
 
 def test_defixmatch_sees_strong_labeled_views(digits):
     "One forward pass holds labeled, unlabeled weak and strong, and the labeled strong views"
@@ -118,6 +121,6 @@ def test_bad_arguments():
                   (lambda: Dash(u, C=0), '`C`'), (lambda: Dash(u, rho_min=-1), '`rho_min`'), (lambda: Dash(u, warmup=1), '`warmup`'),
                   (lambda: Dash(u, period=0), '`period`'), (lambda: Dash(u, thresh=0.9), '`thresh`'),
                   (lambda: DeFixMatch(u, thresh=0), '`thresh`'), (lambda: DeFixMatch(u, lambda_u=-1), '`lambda_u`'),
-                  (lambda: DistAlign('model'), '`target`'), (lambda: DistAlign(momentum=1), '`momentum`'), (lambda: DistAlign(queue=0), '`queue`')]:
+                  (lambda: DistAlign('model'), '`target`'), (lambda: DistAlign(ema_p=1), '`ema_p`'), (lambda: DistAlign(queue=0), '`queue`')]:
         with pytest.raises(ValueError, match=re.escape(msg)) as e: f()
         assert '\n' not in str(e.value)

@@ -34,21 +34,21 @@ def test_beats_supervised(name, supervised): assert_beats_supervised(BEAT[name],
 def test_thresholds_move_and_survive_save_load(name, digits):
     learn = digits_learner(digits, ALGOS[name])
     cb = ssl_cb(learn)
-    test_eq(cb.thresholds, None)
+    test_eq(cb.mask.thresholds, None)
     quiet_fit(learn, 1, 1e-2)
-    first = cb.thresholds.clone()
+    first = cb.mask.thresholds.clone()
     quiet_fit(learn, 2, 1e-2)
-    assert not torch.equal(cb.thresholds, first)
+    assert not torch.equal(cb.mask.thresholds, first)
     test_eq(learn.recorder.metric_names[4:7], ['Lx','Lu','mask'])
     thresh = learn.recorder.values[-1][learn.recorder.metric_names.index('thresh')-1]
     assert 0 <= thresh <= 1
     learn.save('ckpt')
     learn2 = digits_learner(digits, ALGOS[name], path=learn.path).load('ckpt')
     cb2 = ssl_cb(learn2)
-    test_eq(cb2.thresholds, cb.thresholds)
+    test_eq(cb2.mask.thresholds, cb.mask.thresholds)
     test_eq(cb2.step, cb.step)
     quiet_fit(learn2, 1, 1e-2)   # training goes on from the restored state
-    assert not torch.equal(cb2.thresholds.cpu(), cb.thresholds.cpu())
+    assert not torch.equal(cb2.mask.thresholds.cpu(), cb.mask.thresholds.cpu())
 
 @pytest.mark.parametrize('name', ['flexmatch', 'freematch'])
 def test_load_without_state_starts_afresh(name, digits):
@@ -56,16 +56,16 @@ def test_load_without_state_starts_afresh(name, digits):
     quiet_fit(learn, 1, 1e-2)
     learn.save('ckpt')
     (learn.path/'models'/'ckpt.ssl.pth').unlink()
-    test_eq(ssl_cb(learn.load('ckpt')).thresholds, None)
+    test_eq(ssl_cb(learn.load('ckpt')).mask.thresholds, None)
 
 def test_export_drops_training_state(digits):
     learn = digits_learner(digits, ALGOS['flexmatch'])
     quiet_fit(learn, 1, 1e-2)
     cb = pickle.loads(pickle.dumps(learn.flex_match))
-    test_eq((cb.classes, cb.u_dl), (None, None))
+    test_eq((cb.mask.classes, cb.u_dl), (None, None))
     learn = digits_learner(digits, ALGOS['freematch'])
     quiet_fit(learn, 1, 1e-2)
-    test_eq(pickle.loads(pickle.dumps(learn.free_match)).time_p, None)
+    test_eq(pickle.loads(pickle.dumps(learn.free_match)).mask.time_p, None)
 
 @pytest.mark.parametrize('name', list(ALGOS) + ['uda_tsa'])
 def test_bf16_autocast_cpu(name, digits):
