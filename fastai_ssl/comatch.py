@@ -37,21 +37,21 @@ class CoMatch(WithFeatures, FixMatch):
     "CoMatch (Li et al. 2021): FixMatch with memory-smoothed pseudo-labels and a graph-contrastive loss between the embeddings of two strong views"
     n_views,stat_names = (1, 3),('mask','Lc')
     bank_names = ('bank',)
-    def __init__(self, u_dl, thresh:float=0.95, T:float=0.2, alpha:float=0.9, lambda_c:float=1., contrast_thresh:float=0.8,
-                 proj:int=128, queue:int=5, align:DistAlign|bool=True, **kwargs):
+    def __init__(self, u_dl, thresh:float|None=None, T:float=0.2, alpha:float=0.9, lambda_c:float=1., contrast_thresh:float=0.8,
+                 proj:int=128, bank_steps:int=5, align:DistAlign|bool=True, **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_c >= 0: raise ValueError(f"`lambda_c` must be >= 0, got {lambda_c}")
         if not 0 <= contrast_thresh <= 1: raise ValueError(f"`contrast_thresh` must be in [0, 1], got {contrast_thresh}")
         if not (isinstance(proj, int) and proj >= 1): raise ValueError(f"`proj` must be an int >= 1, got {proj!r}")
-        if not (isinstance(queue, int) and queue >= 1): raise ValueError(f"`queue` must be an int >= 1 (steps), got {queue!r}")
+        if not (isinstance(bank_steps, int) and bank_steps >= 1): raise ValueError(f"`bank_steps` must be an int >= 1, got {bank_steps!r}")
         super().__init__(u_dl, thresh=thresh, T=T, align=align_arg(align, partial(DistAlign, 'uniform', queue=32)), **kwargs)
-        store_attr('alpha,lambda_c,contrast_thresh,proj,queue')
+        store_attr('alpha,lambda_c,contrast_thresh,proj,bank_steps')
 
     def make_heads(self, n_feats): return dict(proj=mlp_head(n_feats, self.proj))
     def make_bank(self, name):
-        "A bank for `queue` steps of labeled and unlabeled items"
+        "A bank for `bank_steps` steps of labeled and unlabeled items"
         bs = self.dls.train.bs
-        return MemoryBank(self.queue*(bs + getattr(self.u_dl, 'bs', 7*bs)))
+        return MemoryBank(self.bank_steps*(bs + getattr(self.u_dl, 'bs', 7*bs)))
     def class_probs(self, logits):
         "The probabilities the policy and alignment see: at temperature 1 (CoMatch's `T` is that of the contrastive loss and the memory)"
         return F.softmax(logits.detach().float().as_subclass(Tensor), 1)

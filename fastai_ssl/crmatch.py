@@ -23,7 +23,7 @@ def feature_distance(z_weak:Tensor, z_strong:Tensor, mask:Tensor)->Tensor:
 class CRMatch(WithFeatures, FixMatch):
     "CRMatch (Fan et al. 2023): FixMatch with rotation prediction on unlabeled images and a feature distance between weak and strong views"
     n_views = (1, 2)
-    def __init__(self, u_dl, thresh:float=0.95, lambda_rot:float=1., lambda_ds:float=1., **kwargs):
+    def __init__(self, u_dl, thresh:float|None=None, lambda_rot:float=1., lambda_ds:float=1., **kwargs):
         if not lambda_rot >= 0: raise ValueError(f"`lambda_rot` must be >= 0, got {lambda_rot}")
         if not lambda_ds >= 0: raise ValueError(f"`lambda_ds` must be >= 0, got {lambda_ds}")
         super().__init__(u_dl, thresh=thresh, **kwargs)

@@ -19,8 +19,9 @@ from .align import DistAlign
 class FixMatch(SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"
     n_views,stat_names = (1,2),('mask',)
+    default_thresh = 0.95   # `thresh` when neither it nor `mask` is given
     def __init__(self, u_dl,
-                 thresh:float|None=None,         # the confidence a pseudo-label needs (default 0.95): `mask=Threshold(thresh)`
+                 thresh:float|None=None,         # the confidence a pseudo-label needs (`default_thresh`, 0.95): `mask=Threshold(thresh)`
                  lambda_u:float=1.,              # weight of the unlabeled loss
                  T:float=1.,                     # temperature of the weak view's softmax
                  flip:bool=True,                 # whether the default views flip images
@@ -34,7 +35,7 @@ class FixMatch(SSLCallback):
         if mask is not None and not isinstance(mask, Policy): raise ValueError(f"`mask` must be a pseudo-label policy such as `Threshold(0.95)` or `FlexThreshold()`, got {mask!r}")
         if align is not None and not isinstance(align, DistAlign): raise ValueError(f"`align` must be a `DistAlign` or None, got {align!r}")
         super().__init__(u_dl, lambda_u=lambda_u, **kwargs)
-        self.T,self.mask,self.align = T,ifnone(mask, Threshold(ifnone(thresh, 0.95))),align
+        self.T,self.mask,self.align = T,ifnone(mask, Threshold(ifnone(thresh, self.default_thresh))),align
         self.weak,self.strong = ifnone(weak, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
         self.stat_names = tuple(dict.fromkeys(self.mask.stat_names + type(self).stat_names))   # the policy's, then the algorithm's own
 

@@ -30,17 +30,17 @@ class SimMatch(WithFeatures, FixMatch):
     "SimMatch (Zheng et al. 2022): FixMatch with pseudo-labels unfolded and aggregated through similarities to a bank of labeled embeddings"
     stat_names = ('mask','Lin')
     bank_names = ('bank',)
-    def __init__(self, u_dl, thresh:float=0.95, T:float=0.1, alpha:float=0.9, lambda_in:float=1., proj:int=128,
-                 K:int|None=None, align:DistAlign|bool=True, **kwargs):
+    def __init__(self, u_dl, thresh:float|None=None, T:float=0.1, alpha:float=0.9, lambda_in:float=1., proj:int=128,
+                 bank_size:int|None=None, align:DistAlign|bool=True, **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_in >= 0: raise ValueError(f"`lambda_in` must be >= 0, got {lambda_in}")
         if not (isinstance(proj, int) and proj >= 1): raise ValueError(f"`proj` must be an int >= 1, got {proj!r}")
-        if K is not None and not (isinstance(K, int) and K >= 1): raise ValueError(f"`K` must be an int >= 1 or None (the labeled items), got {K!r}")
+        if bank_size is not None and not (isinstance(bank_size, int) and bank_size >= 1): raise ValueError(f"`bank_size` must be an int >= 1 or None (the labeled items), got {bank_size!r}")
         super().__init__(u_dl, thresh=thresh, T=T, align=align_arg(align, partial(DistAlign, 'uniform', queue=32)), **kwargs)
-        store_attr('alpha,lambda_in,proj,K')
+        store_attr('alpha,lambda_in,proj,bank_size')
 
     def make_heads(self, n_feats): return dict(proj=mlp_head(n_feats, self.proj))
-    def make_bank(self, name): return MemoryBank(ifnone(self.K, len(self.dls.train_ds)))
+    def make_bank(self, name): return MemoryBank(ifnone(self.bank_size, len(self.dls.train_ds)))
     def class_probs(self, logits):
         "The probabilities the policy and alignment see: at temperature 1 (SimMatch's `T` is that of the similarities)"
         return F.softmax(logits.detach().float().as_subclass(Tensor), 1)

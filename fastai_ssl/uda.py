@@ -23,7 +23,8 @@ def tsa_thresh(schedule:str, progress:float, c:int):
 @delegates()
 class UDA(FixMatch):
     "UDA (Xie et al. 2020): the strong view matches the weak view's sharpened prediction where it is confident; optional TSA"
-    def __init__(self, u_dl, T:float=0.4, thresh:float=0.8, lambda_u:float=1., tsa:str|None=None, **kwargs):
+    default_thresh = 0.8   # the paper's confidence threshold, when neither `thresh` nor `mask` is given
+    def __init__(self, u_dl, T:float=0.4, thresh:float|None=None, lambda_u:float=1., tsa:str|None=None, **kwargs):
         if tsa is not None and tsa not in _tsa: raise ValueError(f"`tsa` must be None, 'linear', 'log' or 'exp', got {tsa!r}")
         super().__init__(u_dl, thresh=thresh, lambda_u=lambda_u, T=T, **kwargs)
         self.tsa = tsa

@@ -175,8 +175,8 @@ def test_models_without_linear_pass_feats(digits):
 def test_bad_arguments():
     u = [0]
     for f,msg in [(lambda: ReMixMatch(u, lambda_kl=-1), '`lambda_kl`'), (lambda: ReMixMatch(u, K=0), '`K`'),
-                  (lambda: SimMatch(u, alpha=2), '`alpha`'), (lambda: SimMatch(u, K=0), '`K`'),
-                  (lambda: CoMatch(u, queue=0), '`queue`'), (lambda: CoMatch(u, contrast_thresh=-1), '`contrast_thresh`'),
+                  (lambda: SimMatch(u, alpha=2), '`alpha`'), (lambda: SimMatch(u, bank_size=0), '`bank_size`'),
+                  (lambda: CoMatch(u, bank_steps=0), '`bank_steps`'), (lambda: CoMatch(u, contrast_thresh=-1), '`contrast_thresh`'),
                   (lambda: CRMatch(u, lambda_rot=-1), '`lambda_rot`'), (lambda: CRMatch(u, feats=1), '`feats`')]:
         with pytest.raises(ValueError, match=re.escape(msg)) as e: f()
         assert '\n' not in str(e.value)

@@ -1,7 +1,4 @@
 "AdaMatch, SoftMatch, Dash, DeFixMatch and distribution alignment: they beat supervised training on digits, keep their state across save/load, run under bf16"
-import pickle
-from types import SimpleNamespace
-import numpy as np
 import pytest
 from fastai.vision.all import *
 from fastai_ssl.all import *
@@ -10,8 +7,7 @@ from fastai_ssl.adamatch import *
 from fastai_ssl.softmatch import *
 from fastai_ssl.dash import *
 from fastai_ssl.defixmatch import *
-from fastai_ssl.cli import train_digits
-from conftest import quiet_fit, assert_beats_supervised, ssl_cb, digits_learner
+from conftest import quiet_fit, assert_beats_supervised, digits_learner
 
 ALGOS = dict(adamatch=lambda u: AdaMatch(u, flip=False), softmatch=lambda u: SoftMatch(u, flip=False),
              dash=lambda u: Dash(u, flip=False), defixmatch=lambda u: DeFixMatch(u, flip=False))
@@ -30,77 +26,6 @@ MARGINS = dict(adamatch=0.06, softmatch=0.06, dash=0.05, defixmatch=0.05)
 @pytest.mark.parametrize('name', list(BEAT))
 def test_beats_supervised(name, supervised): assert_beats_supervised(BEAT[name], supervised, MARGINS[name])
 
-
-def _state(cb):
-    "The training state of `cb`: its `ssl_attrs` and its parts' state (policy, alignment)"
-    return {**{k: getattr(cb, k) for k in type(cb).ssl_attrs}, **{f'{n}.{k}': v for n,p in cb.parts.items() for k,v in p.state_dict().items()}}
-
-STATEFUL = ['adamatch', 'softmatch', 'dash']
-
-@pytest.mark.parametrize('name', STATEFUL)
-def test_state_moves_and_survives_save_load(name, digits):
-    learn = digits_learner(digits, ALGOS[name])
-    cb = ssl_cb(learn)
-    assert all(v is None for v in _state(cb).values())
-    quiet_fit(learn, 1, 1e-2)
-    first_state = {k: v.clone() for k,v in _state(cb).items()}
-    assert all(isinstance(v, Tensor) and type(v) is Tensor and v.dtype == torch.float32 for v in first_state.values()), first_state
-    quiet_fit(learn, 1, 1e-2)
-    if name != 'dash': assert any(not torch.equal(first_state[k], v) for k,v in _state(cb).items())   # ρ̂ is set once
-    learn.save('ckpt')
-    learn2 = digits_learner(digits, ALGOS[name], path=learn.path).load('ckpt')
-    cb2 = ssl_cb(learn2)
-    for k,v in _state(cb).items(): test_eq(_state(cb2)[k], v)
-    test_eq(cb2.step, cb.step)
-    quiet_fit(learn2, 1, 1e-2)   # training goes on from the restored state
-    assert all(math.isfinite(v) for v in learn2.recorder.values[-1])
-
-@pytest.mark.parametrize('name', STATEFUL)
-def test_load_without_state_starts_afresh(name, digits):
-    learn = digits_learner(digits, ALGOS[name])
-    quiet_fit(learn, 1, 1e-2)
-    learn.save('ckpt')
-    (learn.path/'models'/'ckpt.ssl.pth').unlink()
-    assert all(v is None for v in _state(ssl_cb(learn.load('ckpt'))).values())
-
-@pytest.mark.parametrize('name', STATEFUL)
-def test_export_drops_training_state(name, digits):
-    learn = digits_learner(digits, ALGOS[name])
-    quiet_fit(learn, 1, 1e-2)
-    cb = pickle.loads(pickle.dumps(ssl_cb(learn)))
-    assert cb.u_dl is None and all(v is None for v in _state(cb).values())
-
-@pytest.mark.parametrize('name', list(ALGOS))
-def test_bf16_autocast_and_loss_func_kept(name, digits):
-    dls,u_dl = digits
-    lf = CrossEntropyLossFlat()
-    learn = Learner(dls, small_cnn(), loss_func=lf, metrics=accuracy, cbs=ALGOS[name](u_dl))
-    with torch.autocast('cpu', dtype=torch.bfloat16): quiet_fit(learn, 1, 1e-2)
-    test_is(learn.loss_func, lf)
-    assert all(math.isfinite(v) for v in learn.recorder.values[-1]), learn.recorder.values
-    assert all(math.isfinite(float(l)) for l in learn.recorder.losses)
-
-def test_alignment_brings_the_mean_to_the_target():
-    "One alignment step with p̄ the batch mean: the aligned mean is far closer to the target, for each kind of target"
-    g = torch.Generator().manual_seed(1)
-    probs = F.softmax(torch.randn(256, 10, generator=g) + torch.linspace(2, 0, 10), 1)
-    probs_l = F.one_hot(torch.arange(10), 10).float()
-    for target,t in [('uniform', torch.full((10,), 0.1)), (class_dist(torch.arange(10).repeat_interleave(torch.arange(1, 11)), 10), None),
-                     ('labeled', torch.full((10,), 0.1))]:
-        t = ifnone(t, target)
-        for queue in (None, 4):
-            da = DistAlign(target, ema_p=0., queue=queue)
-            aligned = da(probs, SimpleNamespace(labeled_probs=lambda: probs_l))
-            test_close(dist_of(da.p_model), probs.mean(0))
-            test_close(dist_of(da.p_target), t)
-            assert (aligned.mean(0) - t).abs().max() < (probs.mean(0) - t).abs().max()/5
-
-def test_alignment_state_follows_the_device_and_sums_to_one():
-    da = DistAlign('labeled', ema_p=0.9)
-    probs = F.softmax(torch.randn(8, 3), 1)
-    for _ in range(4): da(probs, SimpleNamespace(labeled_probs=lambda: probs))
-    test_close(da.p_model.sum(), 1.); test_close(da.p_target.sum(), 1.)
-    with pytest.raises(ValueError, match='`target` has 4 classes'): DistAlign(torch.ones(4))(probs)
 
 def test_defixmatch_sees_strong_labeled_views(digits):
     "One forward pass holds labeled, unlabeled weak and strong, and the labeled strong views"
