@@ -126,16 +126,17 @@ def main(argv=None):
     p.add_argument('--emas', type=float, nargs='+', default=[0.9, 0.99, 0.999], help='decays of the averages of the weights evaluated beside them')
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--out', default='benchmarks/results/recipe_cpu.json')
+    p.add_argument('--report', action='store_true', help='run nothing: write the JSON, table and plot of the runs in <out>.runs.jsonl')
     a = p.parse_args(argv)
     out = Path(a.out); log = out.with_suffix('.runs.jsonl')
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
     have = {key(r) for r in done}
     todo = [dict(r, steps=st) for st in a.steps for r in plan(a.algos, range(a.seeds), a.strengths, a.opts)]
-    todo = [r for r in todo if key(r) not in have]
+    todo = [] if a.report else [r for r in todo if key(r) not in have]
     print(f"{len(done)} runs done, {len(todo)} to run on {a.workers} workers", flush=True)
     t0 = time.time()
-    with ProcessPoolExecutor(a.workers, mp_context=get_context('spawn'), initializer=_init) as ex:
+    with ProcessPoolExecutor(max(a.workers, 1), mp_context=get_context('spawn'), initializer=_init) as ex:
         futs = {ex.submit(run, r, a.emas): r for r in todo}
         for f in as_completed(futs):
             r = f.result()

@@ -150,7 +150,7 @@ def check_api_blocks(site):
         missing = {f"api-{n}" for n in _exported(nbformat.read(p, as_version=4))} - doms[build.page_name(p)].ids
         assert not missing, f"{p.name}: no API block for {sorted(missing)}"
     text = ''.join(doms['fixmatch.html'].text)
-    assert 'FixMatch(u_dl, thresh:float=0.95' in text and 'confident' in text
+    assert 'FixMatch(u_dl, thresh:float | None=None' in text and 'mask:Policy | None=None' in text and 'confident' in text
 
 
 def check_links_resolve_and_nothing_external(site):
