@@ -345,8 +345,9 @@ def _data_args(p, bench:bool=False):
     p.add_argument('--size', type=int, default=32, help='image size for a folder of images (default: %(default)s)')
     p.add_argument('--strength', default='fixmatch', choices=list(STRENGTHS), help=_STRENGTH_HELP + ' (default: %(default)s)')
     p.add_argument('--ema', type=float, default=None, metavar='DECAY',
-                   help='validate (and export) an exponential moving average of the weights with this decay, e.g. 0.999 as USB; '
-                        'the decay is lower in the first steps (1 - 1/(step+1)) (default: the weights themselves)')
+                   help='validate (and export) an exponential moving average of the weights with this decay, e.g. 0.99 (USB\'s 0.999 is '
+                        'for runs of many thousand steps); the decay is lower in the first steps, 1 - 1/(step+1) '
+                        '(default: the weights themselves)')
     p.add_argument('--flip', action=argparse.BooleanOptionalAction, default=None,
                    help='flip images in the unlabeled views (default: yes for fashion-mnist and folders, no for digits)')
 
