@@ -599,6 +599,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_ssl.steplog._column': ('steplog.html#_column', 'fastai_ssl/steplog.py')},
             'fastai_ssl.teacher': { 'fastai_ssl.teacher.EMAEval': ('teacher.html#emaeval', 'fastai_ssl/teacher.py'),
                                     'fastai_ssl.teacher.EMAEval.__init__': ('teacher.html#emaeval.__init__', 'fastai_ssl/teacher.py'),
+                                    'fastai_ssl.teacher.EMAEval._init_state': ('teacher.html#emaeval._init_state', 'fastai_ssl/teacher.py'),
                                     'fastai_ssl.teacher.EMAEval.after_step': ('teacher.html#emaeval.after_step', 'fastai_ssl/teacher.py'),
                                     'fastai_ssl.teacher.EMAEval.average_into_model': ( 'teacher.html#emaeval.average_into_model',
                                                                                        'fastai_ssl/teacher.py'),

@@ -60,9 +60,13 @@ class EMATeacher:
 class EMAEval(Callback):
     "Validate and predict with an exponential moving average of the weights (decay `ema`, lower in the first steps); training uses `learn.model` as it is"
     order,undo_on_error = Recorder.order+2,True   # after the SSL callbacks, which may swap their own teacher in
+    _stateattrs = ('average','_model')            # not pickled by `export`: the exported model is what it exports
     def __init__(self, ema:float=0.999):
         if not 0 <= ema < 1: raise ValueError(f"`ema` must be in [0, 1), got {ema}")
-        self.ema,self.average,self.n_updates,self._model = ema,None,0,None
+        self.ema,self.n_updates = ema,0
+        self._init_state()
+
+    def _init_state(self): self.average,self._model = None,None   # also after unpickling
 
     def before_fit(self):
         if any(getattr(cb, 'eval_teacher', False) for cb in self.learn.cbs):
