@@ -309,7 +309,7 @@ def pseudo_label(model, data, out='pseudo.csv', bs:int=64, cpu:bool|None=None, p
 
 # %% ../nbs/20_cli.ipynb #9c100dcc
 _FLAGS = {'`n_per_class`': '--labels-per-class', '`mu`': '--mu', '`bs`': '--bs', '`path`': '--data', '`epochs`': '--epochs', '`steps`': '--steps',
-          '`model`': '--model', '`data`': '--data', '`src`': '--data', '`size`': '--size', '`to_label`': '--to-label'}
+          '`model`': '--model', '`data`': '--data', '`src`': '--data', '`size`': '--size', '`to_label`': '--to-label', '`ema`': '--ema'}
 
 def _flags(msg:str):
     "An error message of the library with its argument names spelled as the command's flags"
@@ -382,6 +382,7 @@ def _check(a):
         if getattr(a, n, None) is not None and getattr(a, n) < 1: raise ValueError(f"--{n} must be >= 1")
     if any(o < 1 for o in L(a.labels_per_class)): raise ValueError('--labels-per-class must be >= 1')
     if a.lr is not None and not 0 < a.lr < math.inf: raise ValueError(f"--lr must be a number > 0, got {a.lr}")
+    if getattr(a, 'ema', None) is not None and not 0 <= a.ema < 1: raise ValueError(f"--ema must be in [0, 1), e.g. 0.99, got {a.ema}")
     if not 0 <= getattr(a, 'seed', 0) < 2**32: raise ValueError(f"--seed must be in 0..{2**32-1}, got {a.seed}")
     if a.steps and a.steps//a.epochs*a.bs > _MAX_DRAWS:
         raise ValueError(f"--steps {a.steps}: {a.steps//a.epochs:,} steps of --bs {a.bs} in one epoch draw more than {_MAX_DRAWS:,} images; "

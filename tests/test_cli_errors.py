@@ -166,6 +166,8 @@ def test_demo_checks_outputs_before_training(tmp_path, capsys, monkeypatch, args
     (['--data', ''], ['--data', 'no such folder']),
     (['--lr', '-1'], ['--lr must be a number > 0']),
     (['--lr', 'nan'], ['--lr must be a number > 0']),
+    (['--ema', '1'], ['--ema must be in [0, 1)']),
+    (['--ema', 'nan'], ['--ema must be in [0, 1)']),
     (['--seed', '-1'], ['--seed must be in 0..']),
     (['--bs', '0'], ['--bs must be >= 1']),
     (['--steps', '1000000000000'], ['--steps 1000000000000', 'pass --epochs', 'or fewer --steps']),
