@@ -20,6 +20,7 @@ class FixMatch(SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"
     n_views,stat_names = (1,2),('mask',)
     default_thresh = 0.95   # `thresh` when neither it nor `mask` is given
+    aligned_labels = True   # the pseudo-labels are the arg-max of the aligned probabilities (SoftMatch: of the unaligned ones)
     def __init__(self, u_dl,
                  thresh:float|None=None,         # the confidence a pseudo-label needs (`default_thresh`, 0.95): `mask=Threshold(thresh)`
                  lambda_u:float=1.,              # weight of the unlabeled loss
@@ -62,9 +63,9 @@ class FixMatch(SSLCallback):
 
     def pseudo_labels(self, weak:Tensor)->tuple:
         "The weak view's hard pseudo-labels and their weights: its class probabilities, aligned by `align` if given, weighed by the policy `mask`"
-        probs = self.class_probs(weak)
-        if self.align is not None: probs = self.align(probs, self)
-        return probs.max(1)[1],self.mask(probs, self)
+        raw = probs = self.class_probs(weak)
+        if self.align is not None: probs = self.align(raw, self)
+        return (probs if self.aligned_labels else raw).max(1)[1],self.mask(probs, self)
 
     def unlabeled_loss(self, weak, strong):
         pl,w = self.pseudo_labels(weak)

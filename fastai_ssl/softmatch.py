@@ -17,6 +17,7 @@ from .align import *
 @delegates(but='thresh,mask')
 class SoftMatch(FixMatch):
     "SoftMatch (Chen et al. 2023): every pseudo-label counts, weighted by a Gaussian of its confidence truncated at the running mean (`SoftWeights`), after uniform alignment"
+    aligned_labels = False   # as USB: the labels are the arg-max of the probabilities before alignment
     def __init__(self, u_dl,
                  n_sigma:float=2.,                 # the Gaussian's standard deviation is σ_t/n_sigma
                  ema_p:float=0.999,                # decay of the EMAs of μ_t, σ_t² and of the alignment's p̄
@@ -25,7 +26,3 @@ class SoftMatch(FixMatch):
         if 'thresh' in kwargs: raise ValueError("SoftMatch weighs pseudo-labels instead of thresholding them: remove `thresh`")
         self._own_policy(kwargs)
         super().__init__(u_dl, mask=SoftWeights(n_sigma, ema_p), align=align_arg(align, partial(DistAlign, 'uniform', ema_p=ema_p)), **kwargs)
-
-    def pseudo_labels(self, weak):
-        "FixMatch's weights; the labels are the arg-max of the probabilities before alignment, as in USB"
-        return self.class_probs(weak).argmax(1),super().pseudo_labels(weak)[1]
