@@ -12,6 +12,7 @@ from .fixmatch import *
 from .losses import *
 from .align import *
 from .features import *
+from .distrib import gather_cat
 
 # %% ../nbs/36_comatch.ipynb #56b1f930
 def memory_smooth(probs:Tensor, z:Tensor, bank_z:Tensor, bank_p:Tensor, T:float=0.2, alpha:float=0.9)->Tensor:
@@ -38,20 +39,17 @@ class CoMatch(WithFeatures, FixMatch):
     n_views,stat_names = (1, 3),('mask','Lc')
     bank_names = ('bank',)
     def __init__(self, u_dl, thresh:float|None=None, T:float=0.2, alpha:float=0.9, lambda_c:float=1., contrast_thresh:float=0.8,
-                 proj:int=128, bank_steps:int=5, align:DistAlign|bool=True, **kwargs):
+                 proj:int=64, bank_items:int=2560, align:DistAlign|bool=True, **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_c >= 0: raise ValueError(f"`lambda_c` must be >= 0, got {lambda_c}")
         if not 0 <= contrast_thresh <= 1: raise ValueError(f"`contrast_thresh` must be in [0, 1], got {contrast_thresh}")
         if not (isinstance(proj, int) and proj >= 1): raise ValueError(f"`proj` must be an int >= 1, got {proj!r}")
-        if not (isinstance(bank_steps, int) and bank_steps >= 1): raise ValueError(f"`bank_steps` must be an int >= 1, got {bank_steps!r}")
+        if not (isinstance(bank_items, int) and bank_items >= 1): raise ValueError(f"`bank_items` must be an int >= 1, got {bank_items!r}")
         super().__init__(u_dl, thresh=thresh, T=T, align=align_arg(align, partial(DistAlign, 'uniform', queue=32)), **kwargs)
-        store_attr('alpha,lambda_c,contrast_thresh,proj,bank_steps')
+        store_attr('alpha,lambda_c,contrast_thresh,proj,bank_items')
 
     def make_heads(self, n_feats): return dict(proj=mlp_head(n_feats, self.proj))
-    def make_bank(self, name):
-        "A bank for `bank_steps` steps of labeled and unlabeled items"
-        bs = self.dls.train.bs
-        return MemoryBank(self.bank_steps*(bs + getattr(self.u_dl, 'bs', 7*bs)))
+    def make_bank(self, name): return MemoryBank(self.bank_items)
     def class_probs(self, logits):
         "The probabilities the policy and alignment see: at temperature 1 (CoMatch's `T` is that of the contrastive loss and the memory)"
         return F.softmax(logits.detach().float().as_subclass(Tensor), 1)
@@ -71,9 +69,9 @@ class CoMatch(WithFeatures, FixMatch):
             p = self.class_probs(weak)
             if self.align is not None: p = self.align(p, self)
             q = p
-            if self.bank.full: q = memory_smooth(p, z_w, *self.bank.get(), self.T, self.alpha)   # a host-side count: no sync
+            if self.bank.seen > self.bank.size: q = memory_smooth(p, z_w, *self.bank.get(), self.T, self.alpha)   # host-side counts: no sync
             y = F.one_hot(self.y.as_subclass(Tensor).long(), p.shape[1]).float()
-            self.bank.push(torch.cat([z_w, z_l]), torch.cat([p, y]))
+            self.bank.push(*gather_cat(torch.cat([z_w, z_l]), torch.cat([p, y])))
             w = graph_targets(q, self.contrast_thresh)
         pl,mask = q.max(1)[1],self.mask(q, self)
         l_c = graph_contrastive(z_1, z_2, w, self.T)

@@ -98,6 +98,10 @@ class SSLCallback(Callback):
         return dict(x=views[0]) if len(views) == 1 else {f'x{i}': v for i,v in enumerate(views)}
     def unlabeled_loss(self, **preds): raise NotImplementedError("an SSL algorithm must define `unlabeled_loss`, of the predictions named as its views")
     def labeled_loss(self, pred, *yb): return None
+    def unlabeled_index(self)->Tensor|None:
+        "The positions in `u_dl.dataset` of this step's unlabeled items, on their device, or `None` where the loader does not say (`batch_index`)"
+        idx = self.unlabeled.stream.index()
+        return item_positions(idx, self.x.device) if idx is not None and len(idx) == first(self.sizes_u.values()) else None
     def unlabeled_weight(self, progress):
         "The weight of the unlabeled loss at `progress` (fraction of training done)"
         return self.lambda_u * (1. if self.ramp is None else self.ramp(progress, self.step))

@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['feature_module', 'n_features', 'FeatureHook', 'mlp_head', 'rotate_quarters', 'rotate_all', 'MemoryBank',
-           'WithFeatures']
+           'LabeledBank', 'WithFeatures']
 
 # %% ../nbs/07_features.ipynb #dd0a8963
 from fastai.basics import *
 from .core import *
-from .distrib import ddp
+from .distrib import ddp, gather_cat
+from .unlabeled import batch_index, item_positions
 from .align import *
 
 # %% ../nbs/07_features.ipynb #ea684458
@@ -94,7 +95,7 @@ class MemoryBank:
         self.size = size
         self.reset()
 
-    def reset(self): self.data,self.ptr,self.n = None,0,0
+    def reset(self): self.data,self.ptr,self.n,self.seen = None,0,0,0
     @property
     def full(self)->bool: return self.n == self.size
 
@@ -102,6 +103,7 @@ class MemoryBank:
     def push(self, *xs:Tensor):
         "Write the rows of `xs` (one tensor per kind, same length) over the oldest ones"
         k = len(xs[0])
+        self.seen += k
         if self.data is None: self.data = [x.as_subclass(Tensor).new_zeros(self.size, *x.shape[1:]) for x in xs]
         if k > self.size: xs,k = [x[-self.size:] for x in xs],self.size
         dev = xs[0].device
@@ -114,13 +116,57 @@ class MemoryBank:
         "A copy of the filled rows of each tensor (all of them once the bank is full): later pushes leave it, and gradients through it, alone"
         return tuple(d[:self.n].clone() for d in self.data) if self.data is not None else ()
 
-    def state_dict(self): return dict(data=self.data, ptr=self.ptr, n=self.n)
+    def state_dict(self): return dict(data=self.data, ptr=self.ptr, n=self.n, seen=self.seen)
     def load_state_dict(self, sd:dict|None):
         "Restore `state_dict`; `None` empties the bank"
         self.reset()
-        if sd is not None: self.data,self.ptr,self.n = sd['data'],sd['ptr'],sd['n']
-    def __getstate__(self): return dict(size=self.size, data=None, ptr=0, n=0)   # pickled (exported): empty
+        if sd is not None: self.data,self.ptr,self.n,self.seen = sd['data'],sd['ptr'],sd['n'],sd.get('seen', sd['n'])
+    def __getstate__(self): return dict(size=self.size, data=None, ptr=0, n=0, seen=0)   # pickled (exported): empty
     def __repr__(self): return f"MemoryBank(size={self.size}, n={self.n})"
+
+# %% ../nbs/07_features.ipynb #0f909af3
+class LabeledBank:
+    "One row per labeled item, at its position in the labeled set: its embedding, L2-normalised (a new one averaged in with the old row's share `ema`), its label, and whether it was written"
+    def __init__(self, size:int, ema:float=0.7):
+        if not (isinstance(size, int) and size >= 1): raise ValueError(f"`size` must be an int >= 1, got {size!r}")
+        if not 0 <= ema < 1: raise ValueError(f"`ema` must be in [0, 1), got {ema}")
+        store_attr()
+        self.reset()
+
+    def reset(self): self.z,self.y,self.filled,self.ptr,self.seen = None,None,None,0,0
+    @property
+    def ready(self)->bool:
+        "Whether a pass's worth of labeled items (`size`) was written: a host-side count, no sync"
+        return self.seen >= self.size
+
+    def _rows(self, k, dev):
+        "The oldest `k` rows, for items without positions: the bank is then a queue"
+        i = (self.ptr + torch.arange(k, device=dev)) % self.size
+        self.ptr = (self.ptr + k) % self.size
+        return i
+
+    @torch.no_grad()
+    def write(self, z:Tensor, y:Tensor, idx:Tensor|None=None):
+        "Write the embeddings `z` of labeled items of classes `y` into their rows `idx` (averaged with a row written before), or, without `idx`, over the oldest rows"
+        z,y,dev = z.detach().float().as_subclass(Tensor),y.as_subclass(Tensor).long(),z.device
+        if self.z is None: self.z,self.y,self.filled = z.new_zeros(self.size, z.shape[1]),y.new_zeros(self.size),torch.zeros(self.size, dtype=torch.bool, device=dev)
+        if self.z.device != dev: self.z,self.y,self.filled = self.z.to(dev),self.y.to(dev),self.filled.to(dev)
+        self.seen += len(z)
+        if idx is None: z,y,idx = z[-self.size:],y[-self.size:],self._rows(min(len(z), self.size), dev)
+        else: z = torch.where(self.filled[idx, None], F.normalize(self.ema*self.z[idx] + (1-self.ema)*z, dim=1), z)
+        self.z[idx],self.y[idx],self.filled[idx] = z,y,True
+
+    def get(self)->tuple:
+        "A copy of `(embeddings, labels, written)`, one row per labeled item: later writes leave it alone"
+        return (self.z.clone(), self.y.clone(), self.filled.clone()) if self.z is not None else ()
+
+    def state_dict(self): return dict(z=self.z, y=self.y, filled=self.filled, ptr=self.ptr, seen=self.seen)
+    def load_state_dict(self, sd:dict|None):
+        "Restore `state_dict`; `None` empties the bank"
+        self.reset()
+        if sd is not None: self.z,self.y,self.filled,self.ptr,self.seen = sd['z'],sd['y'],sd['filled'],sd['ptr'],sd['seen']
+    def __getstate__(self): return dict(size=self.size, ema=self.ema, z=None, y=None, filled=None, ptr=0, seen=0)   # pickled (exported): empty
+    def __repr__(self): return f"LabeledBank(size={self.size}, seen={self.seen})"
 
 # %% ../nbs/07_features.ipynb #8020e2f8
 class _WithHeads:
@@ -219,6 +265,11 @@ class WithFeatures:
             raise ValueError(_fix(f"the input of {type(self._fmod).__name__} has shape {tuple(f.shape)}, not one row of features per item"))
         self.feats_l,*fu = f.split([self.n_l, *self.sizes_u.values()])
         self.feats_u = dict(zip(self.sizes_u, fu))   # by the views' names
+
+    def labeled_index(self)->Tensor|None:
+        "The positions in the labeled set of this step's labeled items, on their device (`batch_index` of the training loader), or `None` where the loader does not say"
+        idx = batch_index(self.learn.dl, self.learn.iter)
+        return item_positions(idx, self.y.device) if idx is not None and len(idx) == self.n_l else None
 
     def add_loss(self, loss:Tensor, weight:float=1.):
         "Add `weight * loss` to this step's loss, beside `weight(progress) * Lu` (call it from `unlabeled_loss`)"

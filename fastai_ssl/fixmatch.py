@@ -12,6 +12,7 @@ from .augment import *
 from .losses import *
 from .policies import *
 from .align import DistAlign
+from .imbalance import Rebalance
 
 # %% ../nbs/10_fixmatch.ipynb #5aa122ea
 @algorithm
@@ -30,19 +31,25 @@ class FixMatch(SSLCallback):
                  strong:Callable|None=None,      # makes the strong view (default `StrongAug`)
                  mask:Policy|None=None,          # the pseudo-label policy (default `Threshold(thresh)`)
                  align:DistAlign|None=None,      # distribution alignment of the probabilities before the policy
+                 imb:Rebalance|None=None,        # a long-tail correction of the pseudo-labels (`DebiasPL`, `SAW`...)
                  **kwargs):
         if not T > 0: raise ValueError(f"`T` must be > 0, got {T}")
         if mask is not None and thresh is not None: raise ValueError("`thresh` and `mask`: give the threshold to the policy, e.g. `mask=Threshold(0.9)`, or drop `mask`")
         if mask is not None and not isinstance(mask, Policy): raise ValueError(f"`mask` must be a pseudo-label policy such as `Threshold(0.95)` or `FlexThreshold()`, got {mask!r}")
         if align is not None and not isinstance(align, DistAlign): raise ValueError(f"`align` must be a `DistAlign` or None, got {align!r}")
+        if imb is not None and not isinstance(imb, Rebalance): raise ValueError(f"`imb` must be a long-tail correction such as `DebiasPL()` or `SAW()`, or None, got {imb!r}")
         super().__init__(u_dl, lambda_u=lambda_u, **kwargs)
-        self.T,self.mask,self.align = T,ifnone(mask, Threshold(ifnone(thresh, self.default_thresh))),align
+        self.T,self.mask,self.align,self.imb = T,ifnone(mask, Threshold(ifnone(thresh, self.default_thresh))),align,imb
         self.weak,self.strong = ifnone(weak, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
-        self.stat_names = tuple(dict.fromkeys(self.mask.stat_names + type(self).stat_names))   # the policy's, then the algorithm's own
+        self.stat_names = tuple(dict.fromkeys(self.mask.stat_names + type(self).stat_names + (imb.stat_names if imb else ())))   # the policy's, the algorithm's own, the correction's
 
     def before_fit(self):
         super().before_fit()
         if hasattr(self.strong, 'setup'): self.strong.setup(self.dls)
+        if self.imb is not None and not hasattr(self.learn, 'gather_preds'): self.imb.setup(self)
+
+    def after_train(self):
+        if self.imb is not None: self.imb.epoch_end(self)
 
     def unlabeled_views(self, views):
         "The loader's `(weak, strong)` pair, or both views made here from its plain images"
@@ -62,12 +69,26 @@ class FixMatch(SSLCallback):
         return self.class_probs(self.pred)
 
     def pseudo_labels(self, weak:Tensor)->tuple:
-        "The weak view's hard pseudo-labels and their weights: its class probabilities, aligned by `align` if given, weighed by the policy `mask`"
+        "The weak view's hard pseudo-labels and their weights: its class probabilities, aligned by `align` and corrected by `imb` if given, weighed by the policy `mask` (and by `imb`)"
         raw = probs = self.class_probs(weak)
         if self.align is not None: probs = self.align(raw, self)
-        return (probs if self.aligned_labels else raw).max(1)[1],self.mask(probs, self)
+        if self.imb is not None: probs = self.imb.probs(probs, self)
+        pl = (probs if self.aligned_labels else raw).max(1)[1]
+        w = self.mask(probs, self)
+        if self.imb is None: return pl,w
+        w = self.imb.weights(w, pl, probs, self)
+        self.log_step(pl_dist=torch.zeros(probs.shape[1], device=w.device).index_add_(0, pl, w.float())/w.float().sum().clamp_min(1e-12))   # the classes the loss learns
+        return pl,w
+
+    def rebalanced(self, strong:Tensor)->Tensor:
+        "The strong view's logits as the unlabeled loss takes them: as they are, or as `imb` adjusts them"
+        return strong if self.imb is None else self.imb.strong_logits(strong, self)
+
+    def labeled_loss(self, pred, *yb):
+        "The Learner's loss, or the one `imb` gives"
+        return None if self.imb is None else self.imb.labeled_loss(pred, yb[0], self)
 
     def unlabeled_loss(self, weak, strong):
         pl,w = self.pseudo_labels(weak)
         self.log_pseudo(pl, w)
-        return masked_ce(strong, pl, w)
+        return masked_ce(self.rebalanced(strong), pl, w)

@@ -43,4 +43,4 @@ class FreeMatch(FixMatch):
     def unlabeled_loss(self, weak, strong):
         pl,w = self.pseudo_labels(weak)
         self.log_pseudo(pl, w)
-        return masked_ce(strong, pl, w) + self.ent_weight*fairness_loss(strong, w, self.mask.p_model, self.mask.label_hist)
+        return masked_ce(self.rebalanced(strong), pl, w) + self.ent_weight*fairness_loss(strong, w, self.mask.p_model, self.mask.label_hist)

@@ -11,6 +11,7 @@ from fastai.vision.all import *
 from .core import SSLCallback
 from .learner import input_shape, item_shape
 from .data import folder_images
+from .align import labels_of, class_dist
 
 # %% ../nbs/21_interpret.ipynb #33c72d29
 def _vector_stats(cols):
@@ -51,6 +52,11 @@ def _data_desc(learn, n_unlabeled=None)->str:
     return ', '.join(p for p in parts if p) + (' items' if n_lab or n_unlabeled else '')
 
 _below = dict(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)   # a legend under its panel: it hides no line
+
+def _labeled_dist(cb, n:int)->list:
+    "The class distribution of the labeled set of `cb`'s Learner, or none where it cannot be read"
+    try: return class_dist(labels_of(cb.dls.train_ds), n).tolist()
+    except (AttributeError, TypeError, ValueError, IndexError): return []   # e.g. a plain PyTorch data set
 
 @patch
 def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False):
@@ -94,10 +100,14 @@ def plot(self:SSLCallback, smooth:float=0.8, figsize=None, return_fig:bool=False
         for j,c in enumerate(cols):
             ax.plot(h.step, _smooth(h[c], smooth), lw=1, color=cmap(j if len(cols) <= 10 else j/max(len(cols)-1, 1)),
                     label=str(vocab[j]) if len(vocab) == len(cols) and len(cols) <= 10 else None)
+        if k == 'pl_dist':   # a long-tail correction's pseudo-labels: against the labeled set's class distribution
+            for j,v in enumerate(_labeled_dist(self, len(cols))): ax.axhline(v, color=cmap(j), ls='--', lw=0.8)
+            ax.set_ylim(bottom=0)
         if k == 'thresholds':
             if 'thresh' in h: ax.plot(h.step, h.thresh, color='k', lw=2, label='thresh' + (' (mean)' if cols else ''))
             if _thresh(self) is not None: ax.axhline(_thresh(self), color='k', ls=':', lw=1, label=f'thresh = {_thresh(self):g}')
-        ax.set_title(k + (' per class' if cols else '')); ax.set_ylabel('confidence threshold' if k == 'thresholds' else k)
+        ax.set_title(k + (' per class' if cols else '') + (' (dashed: labeled set)' if k == 'pl_dist' else ''))
+        ax.set_ylabel({'thresholds': 'confidence threshold', 'pl_dist': 'share of the pseudo-labels'}.get(k, k))
         if ax.get_legend_handles_labels()[0]: ax.legend(**{**_below, 'fontsize': 7, 'ncol': 4})
     for ax in axs.values():
         ax.set_xlabel('step'); ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))

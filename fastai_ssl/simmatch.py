@@ -12,6 +12,7 @@ from .fixmatch import *
 from .losses import *
 from .align import *
 from .features import *
+from .distrib import gather_cat
 
 # %% ../nbs/35_simmatch.ipynb #a2b28e9b
 def unfold_aggregate(probs:Tensor, sims:Tensor, labels:Tensor, T:float=0.1, alpha:float=0.9)->tuple:
@@ -31,16 +32,16 @@ class SimMatch(WithFeatures, FixMatch):
     stat_names = ('mask','Lin')
     bank_names = ('bank',)
     def __init__(self, u_dl, thresh:float|None=None, T:float=0.1, alpha:float=0.9, lambda_in:float=1., proj:int=128,
-                 bank_size:int|None=None, align:DistAlign|bool=True, **kwargs):
+                 bank_ema:float=0.7, align:DistAlign|bool=True, **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_in >= 0: raise ValueError(f"`lambda_in` must be >= 0, got {lambda_in}")
         if not (isinstance(proj, int) and proj >= 1): raise ValueError(f"`proj` must be an int >= 1, got {proj!r}")
-        if bank_size is not None and not (isinstance(bank_size, int) and bank_size >= 1): raise ValueError(f"`bank_size` must be an int >= 1 or None (the labeled items), got {bank_size!r}")
+        if not 0 <= bank_ema < 1: raise ValueError(f"`bank_ema` must be in [0, 1), got {bank_ema}")
         super().__init__(u_dl, thresh=thresh, T=T, align=align_arg(align, partial(DistAlign, 'uniform', queue=32)), **kwargs)
-        store_attr('alpha,lambda_in,proj,bank_size')
+        store_attr('alpha,lambda_in,proj,bank_ema')
 
     def make_heads(self, n_feats): return dict(proj=mlp_head(n_feats, self.proj))
-    def make_bank(self, name): return MemoryBank(ifnone(self.bank_size, len(self.dls.train_ds)))
+    def make_bank(self, name): return LabeledBank(len(self.dls.train_ds), self.bank_ema)
     def class_probs(self, logits):
         "The probabilities the policy and alignment see: at temperature 1 (SimMatch's `T` is that of the similarities)"
         return F.softmax(logits.detach().float().as_subclass(Tensor), 1)
@@ -49,16 +50,24 @@ class SimMatch(WithFeatures, FixMatch):
         "The L2-normalised projection of features `f`"
         return F.normalize(self.heads['proj'](f).float(), dim=1)
 
+    def write_bank(self, z_l:Tensor):
+        "Write the labeled embeddings `z_l` into their items' rows, those of all processes; a queue where the loader gives no positions"
+        idx = self.labeled_index()
+        if idx is None: warn(f"SimMatch: the labeled loader ({type(self.learn.dl).__name__}) gives no item positions, so its bank is a queue of the last {self.bank.size} labeled embeddings: use a fastai `DataLoader` for one row per item")
+        z,y,*idx = gather_cat(z_l.detach(), self.y.as_subclass(Tensor).long(), *([] if idx is None else [idx]))
+        self.bank.write(z, y, *idx)
+
     def unlabeled_loss(self, weak, strong):
         z_l,z_w,z_s = self.embed(self.feats_l),self.embed(self.feats_u['weak']),self.embed(self.feats_u['strong'])
         probs = self.class_probs(weak)
         if self.align is not None: probs = self.align(probs, self)
         l_in = strong.new_zeros((), dtype=torch.float32)
-        if self.bank.full:   # a host-side count: no sync
-            bank_z,bank_y = self.bank.get()
-            with torch.no_grad(): q,probs = unfold_aggregate(probs, z_w @ bank_z.T, bank_y, self.T, self.alpha)
-            l_in = soft_ce(z_s @ bank_z.T/self.T, q)
-        self.bank.push(z_l.detach(), self.y.as_subclass(Tensor).long())
+        if self.bank.ready:   # a host-side count: no sync
+            bank_z,bank_y,filled = self.bank.get()
+            sims = lambda z: (z @ bank_z.T).masked_fill(~filled, -1e4)   # rows never written are left out
+            with torch.no_grad(): q,probs = unfold_aggregate(probs, sims(z_w), bank_y, self.T, self.alpha)
+            l_in = soft_ce(sims(z_s)/self.T, q)
+        self.write_bank(z_l)
         pl,mask = probs.max(1)[1],self.mask(probs, self)
         self.add_loss(l_in, self.lambda_in)
         self.log_stats(Lin=l_in)

@@ -4,7 +4,7 @@ import pytest
 from fastai.vision.all import *
 from fastai_ssl import cli
 from fastai_ssl.cli import main
-from fastai_ssl.data import digits_arrays
+from fastai_ssl.data import digits_arrays, LongTail
 
 def run_error(capsys, args):
     "Exit code and last stderr line of `main(args)`, which must exit"
@@ -58,6 +58,23 @@ def test_train_digits_exports_a_learner_that_predicts(tmp_path):
         label = learn.predict((xv[0],))[0]
     assert preds.shape == (40, 10) and str(label) in [str(v) for v in learn.dls.vocab]
     assert (preds.argmax(1).numpy() == yv[:40]).mean() > 0.3   # the exported model predicts (chance is 0.1)
+
+def test_train_long_tailed_digits_with_a_correction(tmp_path, capsys):
+    "`--long-tail N1,M1,RATIO,ORDER` splits digits so, `--imb` adds the correction, run.json has balanced accuracy and each class's recall"
+    main(['train', '--data', 'digits', '--long-tail', '20,100,10,reversed', '--imb', 'debiaspl', '--epochs', '2', '--steps', '6',
+          '--out', str(tmp_path/'run')])
+    rec = json.loads((tmp_path/'run'/'run.json').read_text())
+    lab,unl = LongTail(20, 100, 10, 'reversed').counts(10)
+    assert (rec['n_labeled'], rec['n_unlabeled'], rec['imb']) == (sum(lab), sum(unl), 'debiaspl')
+    assert rec['long_tail'] == "LongTail(n_labeled=20, n_unlabeled=100, ratio=10, unlabeled='reversed')"
+    assert len(rec['recalls']) == 10 and 0 <= rec['balanced_accuracy'] <= 1 and 'balanced_accuracy' in rec['history'][-1]
+    assert 'long-tailed' in capsys.readouterr().out
+    for args,msg in [(['--long-tail', '20,100'], 'pass N1,M1,RATIO[,ORDER]'), (['--long-tail', '20,100,10,reverse'], "`unlabeled` must be one of"),
+                     (['--long-tail', '20,100,10', '--labels-per-class', '5'], 'pass one of them'),
+                     (['--long-tail', '20,100,10', '--algo', 'meanteacher', '--imb', 'saw'], 'MeanTeacher takes no long-tail correction'),
+                     (['--long-tail', '900,100,10'], 'class 0 has'), (['--imb', 'nope'], "invalid choice: 'nope'")]:
+        code,line = run_error(capsys, ['train', '--data', 'digits', *args, '--out', str(tmp_path/'bad')])
+        assert code == 2 and msg in line, (args, line)
 
 def test_train_image_folder(tmp_path, folder):
     main(['train', '--data', str(folder), '--algo', 'fixmatch', '--epochs', '1', '--steps', '3', '--bs', '4', '--mu', '2',

@@ -1,4 +1,4 @@
-"Data-parallel training in 2 CPU processes (gloo): disjoint unlabeled shards, one teacher, SSL metrics averaged over processes"
+"Data-parallel training in 2 CPU processes (gloo): disjoint unlabeled shards, one teacher, the same banks, SSL metrics averaged over processes"
 import json, os, socket
 import pytest
 import torch.multiprocessing as mp
@@ -24,6 +24,14 @@ class DrawLog(Callback):
     def before_batch(self):
         if self.training: self.draws[-1] += first(self.learn.cbs, risinstance(SSLCallback)).y_u.tolist()
 
+ALGOS = dict(fixmatch=lambda u: FixMatch(u, flip=False, ema=0.9), meanteacher=lambda u: MeanTeacher(u, flip=False),
+             simmatch=lambda u: SimMatch(u, flip=False), comatch=lambda u: CoMatch(u, flip=False, bank_items=64))
+
+def _state(cb):
+    "The callback's own training state, flattened: the teacher's weights, or the heads' and the bank's"
+    ts = cb.teacher.state_dict().values() if getattr(cb, 'teacher', None) is not None else [*cb.heads.state_dict().values(), *cb.bank.get()]
+    return torch.cat([t.flatten().float() for t in ts])
+
 def _worker(rank, world, port, algo, out):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -36,18 +44,19 @@ def _worker(rank, world, port, algo, out):
     xu,_ = synth(256, seed=1)
     u_dl = TfmdDL([(xu[i], tensor(i)) for i in range(len(xu))], bs=16, shuffle=True, num_workers=0)   # indices ride as hidden labels
     if algo.endswith('resident'): u_dl = resident_dl(u_dl)   # the items decoded once, each batch one index
-    cb = FixMatch(u_dl, flip=False, ema=0.9) if algo.startswith('fixmatch') else MeanTeacher(u_dl, flip=False)
+    cb = ALGOS[algo.split('-')[0]](u_dl)
     learn = Learner(dls, small_cnn(n_out=2), loss_func=CrossEntropyLossFlat(), cbs=[cb, DrawLog()])
     with learn.distrib_ctx(sync_bn=False, cpu=True), learn.no_bar(), learn.no_logging(): learn.fit(4, 3e-3)
-    teacher = torch.cat([t.flatten().float() for t in cb.teacher.state_dict().values()])
+    state = _state(cb)
     res = [None]*world
-    torch.distributed.all_gather_object(res, dict(draws=learn.draw_log.draws, teacher=teacher, values=learn.recorder.values, seed=torch.initial_seed(),
+    torch.distributed.all_gather_object(res, dict(draws=learn.draw_log.draws, state=state, rows=cb.bank.get()[2].all().item() if algo == 'simmatch' else None, values=learn.recorder.values, seed=torch.initial_seed(),
                                                   model=torch.cat([p.detach().flatten() for p in learn.model.parameters()])))
     if rank == 0:
         Path(out).write_text(json.dumps(dict(
             disjoint=[not set(res[0]['draws'][e]) & set(res[1]['draws'][e]) for e in range(4)],
             n_drawn=[len(r['draws'][0]) for r in res],
-            same_teacher=bool(torch.equal(res[0]['teacher'], res[1]['teacher'])),
+            same_state=bool(torch.equal(res[0]['state'], res[1]['state'])),
+            all_rows=[r['rows'] for r in res],
             same_model=bool(torch.equal(res[0]['model'], res[1]['model'])),
             same_metrics=res[0]['values'] == res[1]['values'],
             own_seeds=res[0]['seed'] != res[1]['seed'],
@@ -59,14 +68,17 @@ def _free_port():
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
-@pytest.mark.parametrize('algo', ['fixmatch', 'meanteacher', 'fixmatch-resident'])
+@pytest.mark.parametrize('algo', ['fixmatch', 'meanteacher', 'fixmatch-resident', 'simmatch', 'comatch'])
 def test_two_processes(algo, tmp_path):
     out = tmp_path/'res.json'
     mp.spawn(_worker, args=(2, _free_port(), algo, str(out)), nprocs=2)
     r = json.loads(out.read_text())
     assert all(r['disjoint']) and r['n_drawn'] == [4*16, 4*16]   # 4 steps of 16 unlabeled items in each process, none shared
-    assert r['same_teacher'] and r['same_model']
+    assert r['same_state'] and r['same_model']   # the teacher, or the heads and the bank (of all processes' items)
+    if algo == 'simmatch': assert r['all_rows'] == [True, True]   # every labeled item has its row, whichever process drew it
     assert r['same_metrics']   # Lx, Lu, … are means over both processes
     assert r['own_seeds']      # each process draws its own views from its own seed
     losses = [v[0] for v in r['values']]
-    assert all(math.isfinite(l) for l in losses) and losses[-1] < losses[0]
+    assert all(math.isfinite(l) for l in losses)
+    valid = [v[1] for v in r['values']]   # the bank algorithms add their bank terms once the banks fill: their training loss rises then
+    assert losses[-1] < losses[0] if algo not in ('simmatch', 'comatch') else valid[-1] < valid[0], r['values']

@@ -73,20 +73,68 @@ def test_heads_added_to_an_existing_optimizer(digits):
     quiet_fit(learn, 1, 1e-2, cbs=cb)
     assert _opt_ids(learn) >= {id(p) for p in cb.heads.parameters()}
 
-@pytest.mark.parametrize('name,size', [('simmatch', 50), ('comatch', 5*(16+32))])
-def test_banks_fill_and_roll(name, size, digits, tmp_path):
-    learn = _learn(digits, name, tmp_path)
-    cb = ssl_cb(learn)
-    per_step = 16 if name == 'simmatch' else 16 + 32
-    quiet_fit(learn, 1, 1e-2)   # 3 steps
-    test_eq((cb.bank.size, cb.bank.n, cb.bank.ptr), (size, min(3*per_step, size), 3*per_step % size))
-    quiet_fit(learn, 2, 1e-2)   # 9 steps: full, rolled over
-    test_eq((cb.bank.n, cb.bank.ptr), (size, 9*per_step % size))
+def _labels(ds): return tensor([int(ds[i][1]) for i in range(len(ds))])
+
+def test_simmatch_bank_one_row_per_labeled_item(digits, tmp_path):
+    "After a pass over the labeled set: one row per item, with its label (class-balanced counts), unit embeddings; saved and loaded equal"
+    dls,u_dl = digits
+    one_pass = DataLoaders(with_steps(dls.train, 4), dls.valid)   # 4 steps of 16 draw every one of the 50 items
+    learn = Learner(one_pass, small_cnn(), metrics=accuracy, path=tmp_path, cbs=SimMatch(u_dl, flip=False))
+    cb = learn.sim_match
+    quiet_fit(learn, 1, 1e-2)
+    z,y,filled = cb.bank.get()
+    assert filled.all() and cb.bank.ready
+    test_eq(y, _labels(dls.train_ds))
+    test_eq(y.bincount().tolist(), [5]*10)
+    test_close(z.norm(dim=1), 1.)
     learn.save('ckpt')
-    cb2 = ssl_cb(_learn(digits, name, tmp_path).load('ckpt'))
+    cb2 = Learner(one_pass, small_cnn(), path=tmp_path, cbs=SimMatch(u_dl, flip=False)).load('ckpt').sim_match
     for a,b in zip(cb2.bank.get(), cb.bank.get()): test_eq(a, b)
-    test_eq((cb2.bank.ptr, cb2.bank.n), (cb.bank.ptr, cb.bank.n))
+    test_eq((cb2.bank.seen, cb2.bank.ready), (cb.bank.seen, True))
     test_eq(cb2.align.p_model, cb.align.p_model)
+
+class RowLog(Callback):
+    "Each step's labeled positions and the SimMatch bank after the step"
+    order = SSLCallback.order + 1
+    def before_fit(self): self.steps = []
+    def after_loss(self):
+        if self.training: self.steps.append((self.learn.sim_match.labeled_index(), self.learn.sim_match.bank.get()))
+
+def test_simmatch_writes_each_items_own_row(digits):
+    "A step writes its labeled items' embeddings into their own rows, with their labels, and leaves the other rows alone"
+    dls,u_dl = digits
+    learn = Learner(dls, small_cnn(), cbs=[SimMatch(u_dl, flip=False), RowLog()])
+    quiet_fit(learn, 2)
+    (_,(z0,_,f0)),(idx,(z,y,filled)) = learn.row_log.steps[3:5]
+    test_eq(y[idx], _labels(dls.train_ds)[idx])
+    assert filled[idx].all() and f0[idx].any()                  # some of them written in the first epoch
+    other = torch.ones(50, dtype=torch.bool); other[idx] = False
+    test_eq(z[other], z0[other])
+    assert not torch.allclose(z[idx], z0[idx])
+
+def test_simmatch_bank_is_a_queue_without_positions(digits):
+    "Labeled batches from a plain PyTorch loader give no positions: the bank is a queue of the last labeled embeddings, with a warning"
+    dls,u_dl = digits
+    items = lambda dl: [(x, y) for xb,yb in dl.new(shuffle=False, drop_last=False) for x,y in zip(xb, yb)]   # as the fastai loader gives them
+    plain = DataLoaders(torch.utils.data.DataLoader(items(dls.train), batch_size=16, shuffle=True, drop_last=True),
+                        torch.utils.data.DataLoader(items(dls.valid), batch_size=64))
+    learn = Learner(plain, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=SimMatch(u_dl, flip=False))
+    with pytest.warns(UserWarning, match='gives no item positions'): quiet_fit(learn, 2)
+    z,y,filled = learn.sim_match.bank.get()
+    test_eq((learn.sim_match.bank.seen, learn.sim_match.bank.ptr, int(filled.sum())), (6*16, 6*16 % 50, 50))
+
+def test_comatch_memory_and_smoothing_start(digits, monkeypatch):
+    "CoMatch's memory holds `bank_items` items; smoothing starts once more items than it holds were written (USB's `it > queue_batch`)"
+    import fastai_ssl.comatch as m
+    smoothed,smooth = [],m.memory_smooth
+    monkeypatch.setattr(m, 'memory_smooth', lambda *a: smoothed.append(learn.co_match.step) or smooth(*a))
+    dls,u_dl = digits
+    learn = Learner(dls, small_cnn(), cbs=CoMatch(u_dl, flip=False, bank_items=2*48))   # 16 labeled + 32 unlabeled items a step
+    quiet_fit(learn, 2)
+    cb = learn.co_match
+    test_eq((cb.bank.size, cb.bank.n, cb.bank.seen), (96, 96, 6*48))
+    test_eq(smoothed[0], 3)   # steps 0 and 1 fill it, step 2 writes over its oldest items, step 3 smooths
+    test_eq(CoMatch(u_dl).proj, 64)
 
 @algos
 def test_export_drops_heads_and_banks(name, digits, tmp_path):
@@ -97,7 +145,7 @@ def test_export_drops_heads_and_banks(name, digits, tmp_path):
     assert all(not m._forward_hooks for m in model.modules())
     cb = pickle.loads(pickle.dumps(ssl_cb(learn)))
     test_eq((cb.heads, cb.u_dl), (None, None))
-    for n in cb.bank_names: test_eq(getattr(cb, n).n, 0)
+    for n in cb.bank_names: test_eq(getattr(cb, n).seen, 0)
     learn2 = load_learner(tmp_path/'x.pkl')
     test_eq(sum(p.numel() for p in learn2.model.parameters()), sum(p.numel() for p in model.parameters()))
     test_eq(len(learn2.get_preds(dl=learn.dls.valid)[0]), len(learn.dls.valid_ds))
@@ -175,8 +223,8 @@ def test_models_without_linear_pass_feats(digits):
 def test_bad_arguments():
     u = [0]
     for f,msg in [(lambda: ReMixMatch(u, lambda_kl=-1), '`lambda_kl`'), (lambda: ReMixMatch(u, K=0), '`K`'),
-                  (lambda: SimMatch(u, alpha=2), '`alpha`'), (lambda: SimMatch(u, bank_size=0), '`bank_size`'),
-                  (lambda: CoMatch(u, bank_steps=0), '`bank_steps`'), (lambda: CoMatch(u, contrast_thresh=-1), '`contrast_thresh`'),
+                  (lambda: SimMatch(u, alpha=2), '`alpha`'), (lambda: SimMatch(u, bank_ema=1.), '`bank_ema`'),
+                  (lambda: CoMatch(u, bank_items=0), '`bank_items`'), (lambda: CoMatch(u, contrast_thresh=-1), '`contrast_thresh`'),
                   (lambda: CRMatch(u, lambda_rot=-1), '`lambda_rot`'), (lambda: CRMatch(u, feats=1), '`feats`')]:
         with pytest.raises(ValueError, match=re.escape(msg)) as e: f()
         assert '\n' not in str(e.value)

@@ -82,10 +82,10 @@ def test_moved_callback_starts_afresh_with_heads_for_the_new_width(digits):
     cb = SimMatch(u_dl, flip=False)
     first_learn = quiet_fit(Learner(dls, small_cnn(), cbs=cb), 1)
     old_heads = cb.heads
-    assert old_heads['proj'][0].in_features == 128 and cb.bank.n > 0
+    assert old_heads["proj"][0].in_features == 128 and cb.bank.seen > 0
     first_learn.remove_cb(cb)
     learn = Learner(dls, _narrow(), metrics=accuracy, cbs=cb)
-    assert cb.step == 0 and cb.heads['proj'][0].in_features == 32 and cb.bank.n == 0
+    assert cb.step == 0 and cb.heads["proj"][0].in_features == 32 and cb.bank.seen == 0
     quiet_fit(learn, 1)
     assert cb.step == 3 and math.isfinite(learn.recorder.values[-1][0])
     opt_ids = {id(p) for g in learn.opt.param_lists for p in g}

@@ -151,9 +151,9 @@ BAD_ARGS = [('MixMatch', dict(T=0), '`T` must be > 0'), ('MixMatch', dict(K=0), 
             ('ReMixMatch', dict(lambda_rot=-1), '`lambda_rot` must be >= 0'), ('ReMixMatch', dict(align='labeled'), '`align` must be a `DistAlign`, True'),
             ('SimMatch', dict(thresh=0), '`thresh` must be in (0, 1]'), ('SimMatch', dict(T=0), '`T` must be > 0'),
             ('SimMatch', dict(alpha=1.5), '`alpha` must be in [0, 1]'), ('SimMatch', dict(lambda_in=-1), '`lambda_in` must be >= 0'),
-            ('SimMatch', dict(bank_size=0), '`bank_size` must be an int >= 1'), ('SimMatch', dict(proj=0), '`proj` must be an int >= 1'),
+            ('SimMatch', dict(bank_ema=-0.1), '`bank_ema` must be in [0, 1)'), ('SimMatch', dict(proj=0), '`proj` must be an int >= 1'),
             ('CoMatch', dict(thresh=2), '`thresh` must be in (0, 1]'), ('CoMatch', dict(lambda_c=-1), '`lambda_c` must be >= 0'),
-            ('CoMatch', dict(contrast_thresh=1.5), '`contrast_thresh` must be in [0, 1]'), ('CoMatch', dict(bank_steps=0), '`bank_steps` must be an int >= 1'),
+            ('CoMatch', dict(contrast_thresh=1.5), '`contrast_thresh` must be in [0, 1]'), ('CoMatch', dict(bank_items=0), '`bank_items` must be an int >= 1'),
             ('CRMatch', dict(thresh=0), '`thresh` must be in (0, 1]'), ('CRMatch', dict(lambda_rot=-1), '`lambda_rot` must be >= 0'),
             ('CRMatch', dict(lambda_ds=-1), '`lambda_ds` must be >= 0'), ('CRMatch', dict(feats=3), '`feats` must be a module of the model')] + \
            [(cls, dict(lambda_u=v), '`lambda_u` must be >= 0') for _,cls,_ in ALGOS for v in (-1., float('nan'))] + \
