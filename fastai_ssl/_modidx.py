@@ -253,6 +253,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'fastai_ssl.data.ResidentData.device': ('data.html#residentdata.device', 'fastai_ssl/data.py'),
                                  'fastai_ssl.data._NotResident': ('data.html#_notresident', 'fastai_ssl/data.py'),
                                  'fastai_ssl.data._allocate': ('data.html#_allocate', 'fastai_ssl/data.py'),
+                                 'fastai_ssl.data._by_class': ('data.html#_by_class', 'fastai_ssl/data.py'),
                                  'fastai_ssl.data._check_arrays': ('data.html#_check_arrays', 'fastai_ssl/data.py'),
                                  'fastai_ssl.data._classes': ('data.html#_classes', 'fastai_ssl/data.py'),
                                  'fastai_ssl.data._decoded': ('data.html#_decoded', 'fastai_ssl/data.py'),

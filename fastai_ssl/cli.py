@@ -426,10 +426,11 @@ def _long_tail(a)->LongTail|None:
     if a.long_tail is None: return None
     if a.labels_per_class is not None: raise ValueError("--long-tail and --labels-per-class: pass one of them")
     parts = a.long_tail.split(',')
-    try: n1,m1,ratio,*order = int(parts[0]),int(parts[1]),float(parts[2]),*parts[3:]
-    except (ValueError, IndexError): raise ValueError(f"--long-tail {a.long_tail}: pass N1,M1,RATIO[,ORDER], e.g. 1500,3000,100,reversed") from None
-    if len(order) > 1: raise ValueError(f"--long-tail {a.long_tail}: pass N1,M1,RATIO[,ORDER], e.g. 1500,3000,100,reversed")
-    try: return LongTail(n1, m1, ratio, *order)
+    try:
+        if len(parts) not in (3, 4): raise ValueError
+        n1,m1,ratio = int(parts[0]),int(parts[1]),float(parts[2])
+    except ValueError: raise ValueError(f"--long-tail {a.long_tail}: pass N1,M1,RATIO[,ORDER], e.g. 1500,3000,100,reversed") from None
+    try: return LongTail(n1, m1, ratio, *parts[3:])
     except ValueError as e: raise ValueError(f"--long-tail {a.long_tail}: {e}") from None
 
 def _train(a, argv):

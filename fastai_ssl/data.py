@@ -24,7 +24,7 @@ def split_labeled(items, labels, n_per_class, seed:int=0):
     if hasattr(n_per_class, 'split'): lab,unl = n_per_class.split(labels, seed); return _take(items, lab),_take(items, unl)   # a `LongTail`
     if not (n_per_class is None or isinstance(n_per_class, int) and n_per_class >= 1):
         raise ValueError(f"`n_per_class` must be an int >= 1, a `LongTail`, or None, got {n_per_class!r}")
-    by_class = groupby([i for i,o in enumerate(labels) if not is_missing_label(o)], lambda i: labels[i])
+    by_class = _by_class(labels)
     if not by_class: raise ValueError("`labels` are all missing: label a few items of each class")
     small = {k:len(v) for k,v in by_class.items() if len(v) < (n_per_class or 1)}
     if small: raise ValueError(f"`n_per_class`={n_per_class} is more than these classes have: {small}; lower `n_per_class`")
@@ -35,6 +35,10 @@ def split_labeled(items, labels, n_per_class, seed:int=0):
     return _take(items, lab),_take(items, [i for i in range(len(items)) if i not in is_lab])
 
 def _take(items, idx): return items.iloc[idx] if hasattr(items, 'iloc') else items[idx]
+
+def _by_class(labels)->dict:
+    "The positions of the items of each known label, by label (items with missing labels left out)"
+    return groupby([i for i,o in enumerate(labels) if not is_missing_label(o)], lambda i: labels[i])
 
 # %% ../nbs/02_data.ipynb #82db42b8
 class LongTail:
@@ -56,7 +60,7 @@ class LongTail:
 
     def split(self, labels, seed:int=0)->tuple:
         "The positions of the labeled and of the unlabeled items, drawn per class (in sorted order) from `labels`; items with missing labels are left out"
-        by_class = groupby([i for i,o in enumerate(labels) if not is_missing_label(o)], lambda i: labels[i])
+        by_class = _by_class(labels)
         classes = sorted(by_class, key=str)
         rng,lab,unl = random.Random(seed),[],[]
         for k,n,m in zip(classes, *self.counts(len(classes))):
