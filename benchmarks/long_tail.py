@@ -12,8 +12,8 @@ the balanced accuracy (here equal to accuracy: the test set is balanced) and eac
     python benchmarks/long_tail.py --steps 500 --epochs 10 --seeds 0 1 --orders reversed --workers 2 --out benchmarks/results/long_tail_cpu.json
 
 Runs go to a pool of `--workers` processes of one thread each; each finished run is appended to `<out>.runs.jsonl`, so an
-interrupted benchmark resumes where it stopped. The JSON, a readable table and a plot of the per-class recalls (`<out>`
-with .png) are written at the end.
+interrupted benchmark resumes where it stopped, and a later one (another order or seed) adds to it. The JSON, a readable
+table and a plot of the per-class recalls (`<out>` with .png) are written at the end, of every run logged at that budget.
 """
 import argparse, json, time
 from pathlib import Path
@@ -94,7 +94,7 @@ def main():
     out = Path(a.out)
     todo = [dict(order=o, algo=al, imb=i, seed=s, steps=a.steps, epochs=a.epochs) for o in a.orders for s in a.seeds for al,i in methods(imbs)]
     done = run_pool(todo, run, out.with_suffix('.runs.jsonl'), key, a.workers, say=lambda r: print(f"{r['order']:>8} {r['method']:>18} seed {r['seed']}: {r['balanced_accuracy']:.4f} ({r['seconds']:.0f} s)", flush=True))
-    runs = [r for r in done if (r['steps'], r['epochs']) == (a.steps, a.epochs) and r['order'] in a.orders]
+    runs = [r for r in done if (r['steps'], r['epochs']) == (a.steps, a.epochs)]   # every order and seed measured at this budget, these runs' and earlier ones'
     rows = summary(runs, a.steps)
     import torch, fastai
     out.write_text(json.dumps(dict(steps=a.steps, epochs=a.epochs, bs=BS, mu=MU, n1=N1, m1=M1, ratio=RATIO, data='Fashion-MNIST-LT, 10,000 balanced test images',

@@ -9,7 +9,6 @@ __all__ = ['adaptive_thresholds', 'Adsh']
 from fastai.vision.all import *
 from .core import *
 from .imbalance import *
-from .align import labels_of
 from .distrib import gather_cat
 
 # %% ../nbs/43_adsh.ipynb #a242186e
@@ -44,7 +43,7 @@ class Adsh(Rebalance):
         "The head class: `head`, or the labeled set's most frequent"
         c = cb.dls.c
         if self.head is not None and self.head >= c: raise ValueError(f"`head` must be below the number of classes ({c}), got {self.head}")
-        self._head = ifnone(self.head, int(torch.bincount(labels_of(cb.dls.train_ds), minlength=c).argmax()))
+        self._head = ifnone(self.head, int(self.labeled_counts(cb).argmax()))
         self.seen = None
 
     def weights(self, w, pl, probs, cb):

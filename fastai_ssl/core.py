@@ -98,6 +98,7 @@ class SSLCallback(Callback):
         return dict(x=views[0]) if len(views) == 1 else {f'x{i}': v for i,v in enumerate(views)}
     def unlabeled_loss(self, **preds): raise NotImplementedError("an SSL algorithm must define `unlabeled_loss`, of the predictions named as its views")
     def labeled_loss(self, pred, *yb): return None
+    def extra_loss(self)->Tensor|None: "A loss added after `weight * Lu` (not weighted), from what this step's `unlabeled_loss` left; `None`: none"
     def unlabeled_index(self)->Tensor|None:
         "The positions in `u_dl.dataset` of this step's unlabeled items, on their device, or `None` where the loader does not say (`batch_index`)"
         idx = self.unlabeled.stream.index()
@@ -173,6 +174,8 @@ class SSLCallback(Callback):
         self.log_step(weight=w)
         self.learn.loss_grad = self.loss_grad + w*lu
         self.learn.loss = self.loss + w*lu.detach()
+        extra = self.extra_loss()
+        if extra is not None: self.learn.loss_grad,self.learn.loss = self.loss_grad + extra,self.loss + extra.detach()
         self.pred_u = None
         self.steplog.next_step()
         self.step += 1

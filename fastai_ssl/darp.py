@@ -72,7 +72,7 @@ class DARP(Rebalance):
 
     def labeled_counts(self, cb)->Tensor:
         "The labeled set's class counts: the default target"
-        counts = torch.bincount(labels_of(cb.dls.train_ds), minlength=cb.dls.c).float()
+        counts = super().labeled_counts(cb).float()
         if not (counts > 0).all(): raise ValueError(f"the labeled set has no item of class {int((counts == 0).nonzero()[0])}: give DARP a `target`")
         return counts
 

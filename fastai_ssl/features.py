@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['feature_module', 'n_features', 'FeatureHook', 'mlp_head', 'rotate_quarters', 'rotate_all', 'MemoryBank',
-           'LabeledBank', 'WithFeatures']
+           'LabeledBank', 'add_to_opt', 'WithFeatures']
 
 # %% ../nbs/07_features.ipynb #dd0a8963
 from fastai.basics import *
@@ -169,6 +169,15 @@ class LabeledBank:
     def __repr__(self): return f"LabeledBank(size={self.size}, seen={self.seen})"
 
 # %% ../nbs/07_features.ipynb #8020e2f8
+def add_to_opt(opt:Optimizer|OptimWrapper|None, params):
+    "Put the `params` the optimizer `opt` lacks into its last parameter group (nothing if there is no optimizer yet)"
+    if opt is None: return
+    have = {id(p) for g in opt.param_lists for p in g}
+    new = [p for p in params if id(p) not in have]
+    if not new: return
+    if isinstance(opt, OptimWrapper): opt.opt.param_groups[-1]['params'].extend(new)
+    else: opt.param_lists[-1] = L(opt.param_lists[-1]) + L(new)
+
 class _WithHeads:
     "`splitter` with the parameters of `cb`'s heads added to its last group, so the optimizer `create_opt` builds trains them"
     def __init__(self, splitter, cb): self.splitter,self.cb = splitter,cb
@@ -233,23 +242,13 @@ class WithFeatures:
         if p is not None: self.heads.to(p.device)
         if not isinstance(self.learn.splitter, _WithHeads): self.learn.splitter = _WithHeads(self.learn.splitter, self)
 
-    def _add_to_opt(self):
-        "Put head parameters the optimizer lacks into its last parameter group (none yet: `validate` on a new Learner)"
-        opt = self.learn.opt
-        if opt is None: return
-        have = {id(p) for g in opt.param_lists for p in g}
-        new = [p for p in self.heads.parameters() if id(p) not in have]
-        if not new: return
-        if isinstance(opt, OptimWrapper): opt.opt.param_groups[-1]['params'].extend(new)
-        else: opt.param_lists[-1] = L(opt.param_lists[-1]) + L(new)
-
     def after_create(self): self._setup_heads()
 
     def before_fit(self):
         super().before_fit()
         if hasattr(self.learn, 'gather_preds') or self.u_dl is None: return
         self._setup_heads()
-        self._add_to_opt()
+        add_to_opt(self.learn.opt, self.heads.parameters())
 
     def before_batch(self):
         super().before_batch()

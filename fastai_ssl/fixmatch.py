@@ -21,7 +21,7 @@ class FixMatch(SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"
     n_views,stat_names = (1,2),('mask',)
     default_thresh = 0.95   # `thresh` when neither it nor `mask` is given
-    aligned_labels = True   # the pseudo-labels are the arg-max of the aligned probabilities (SoftMatch: of the unaligned ones)
+    aligned_labels = True   # the pseudo-labels are the arg-max of the aligned probabilities (SoftMatch: of the unaligned ones, unless `imb` corrects them)
     def __init__(self, u_dl,
                  thresh:float|None=None,         # the confidence a pseudo-label needs (`default_thresh`, 0.95): `mask=Threshold(thresh)`
                  lambda_u:float=1.,              # weight of the unlabeled loss
@@ -43,10 +43,15 @@ class FixMatch(SSLCallback):
         self.weak,self.strong = ifnone(weak, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
         self.stat_names = tuple(dict.fromkeys(self.mask.stat_names + type(self).stat_names + (imb.stat_names if imb else ())))   # the policy's, the algorithm's own, the correction's
 
+    def after_create(self):
+        if self.imb is not None: self.imb.attach(self)
+
     def before_fit(self):
+        training = self.imb is not None and not hasattr(self.learn, 'gather_preds') and self.u_dl is not None
+        if training: self.imb.attach(self)   # before the teacher copies the model
         super().before_fit()
         if hasattr(self.strong, 'setup'): self.strong.setup(self.dls)
-        if self.imb is not None and not hasattr(self.learn, 'gather_preds'): self.imb.setup(self)
+        if training: self.imb.setup(self)
 
     def after_train(self):
         if self.imb is not None: self.imb.epoch_end(self)
@@ -73,9 +78,10 @@ class FixMatch(SSLCallback):
         raw = probs = self.class_probs(weak)
         if self.align is not None: probs = self.align(raw, self)
         if self.imb is not None: probs = self.imb.probs(probs, self)
-        pl = (probs if self.aligned_labels else raw).max(1)[1]
+        pl = (probs if self.aligned_labels or self.imb is not None else raw).max(1)[1]   # a correction's probabilities give the labels
         w = self.mask(probs, self)
         if self.imb is None: return pl,w
+        pl = self.imb.labels(pl, probs, self)
         w = self.imb.weights(w, pl, probs, self)
         self.log_step(pl_dist=torch.zeros(probs.shape[1], device=w.device).index_add_(0, pl, w.float())/w.float().sum().clamp_min(1e-12))   # the classes the loss learns
         return pl,w
@@ -87,6 +93,25 @@ class FixMatch(SSLCallback):
     def labeled_loss(self, pred, *yb):
         "The Learner's loss, or the one `imb` gives"
         return None if self.imb is None else self.imb.labeled_loss(pred, yb[0], self)
+
+    def before_batch(self):
+        super().before_batch()
+        if self.imb is not None: self.imb.before_batch(self)
+
+    def after_pred(self):
+        super().after_pred()
+        if self.imb is not None: self.imb.after_pred(self)
+
+    def extra_loss(self):
+        "The loss of `imb`'s own, if it has one"
+        if self.imb is None: return None
+        extra = self.imb.loss(self)
+        self.imb.end_step()
+        return extra
+
+    def cleanup(self):
+        super().cleanup()
+        if getattr(self, 'imb', None) is not None: self.imb.end_step()
 
     def unlabeled_loss(self, weak, strong):
         pl,w = self.pseudo_labels(weak)

@@ -30,7 +30,7 @@ class SAW(Rebalance):
     def setup(self, cb):
         "The labeled weights from the labeled class counts; the unlabeled counts uniform (unless restored by `learn.load`)"
         c = cb.dls.c
-        self.lb_weights = effective_weights(torch.bincount(labels_of(cb.dls.train_ds), minlength=c))
+        self.lb_weights = effective_weights(self.labeled_counts(cb))
         if self.u_counts is None: self._set_counts(torch.full((c,), len(cb.u_dl.dataset)/c))
         self.seen = torch.zeros(c)
 

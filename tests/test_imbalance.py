@@ -3,12 +3,12 @@ import pickle, random
 import pytest
 from fastai.vision.all import *
 from fastai_ssl.all import *
-from fastai_ssl.imbalance import IMBALANCE, Rebalance
+from fastai_ssl.imbalance import IMBALANCE, Rebalance, AuxClassifier, AuxRebalance
 from conftest import quiet_fit, ssl_cb
 from test_safety import Reseed, StopAfter, Boom
 
 # arguments that make each correction act within the tests' few steps (its defaults wait longer)
-ARGS = dict(darp=dict(warmup=0.25, refine_every=2))
+ARGS = dict(darp=dict(warmup=0.25, refine_every=2), daso=dict(dist_every=2, pretrain=0.25))
 BASES = dict(fixmatch=lambda u, imb: FixMatch(u, flip=False, imb=imb), flexmatch=lambda u, imb: FlexMatch(u, flip=False, warmup=False, imb=imb))
 CASES = [(i, b) for i in sorted(IMBALANCE) for b in BASES]
 cases = pytest.mark.parametrize('imb,base', CASES, ids=[f'{i}-{b}' for i,b in CASES])
@@ -22,6 +22,11 @@ def _learner(imb, base, path=None, seed=0, **kwargs):
 
 def _weights(learn): return torch.cat([p.detach().flatten() for p in learn.model.parameters()])
 def _state(cb): return {k:v for k,v in cb.imb.state_dict().items() if v is not None}
+def _aux(learn): return first(m for m in learn.model.modules() if isinstance(m, AuxClassifier))
+def _trained(learn):
+    "What a correction learns: its part's state, and the weights of its second classifier if it puts one in the model"
+    aux = _aux(learn)
+    return {**_state(ssl_cb(learn)), **({} if aux is None else {f'aux.{k}': v for k,v in aux.aux.state_dict().items()})}
 
 def test_the_catalogue():
     assert {'debiaspl', 'saw', 'darp'} <= set(IMBALANCE)
@@ -35,7 +40,7 @@ def test_resume_matches_uninterrupted(imb, base, tmp_path):
     part.save('half', with_opt=True)
     resumed = quiet_fit(_learner(imb, base, tmp_path, seed=1).load('half', with_opt=True), 4, 3e-3, one_cycle=True, start_epoch=2)
     assert torch.allclose(_weights(resumed), _weights(full), atol=1e-5)
-    a,b = _state(ssl_cb(resumed)),_state(ssl_cb(full))
+    a,b = _trained(resumed),_trained(full)
     assert a.keys() == b.keys() and a
     for k,v in b.items(): assert torch.allclose(torch.as_tensor(a[k]).float(), torch.as_tensor(v).float(), atol=1e-5), k
 
@@ -61,14 +66,43 @@ def test_bf16_autocast_finite(imb, base):
 def test_state_moves_saved_loaded_not_exported(imb, tmp_path):
     learn = quiet_fit(_learner(imb, 'fixmatch', tmp_path), 2, 1e-2)
     cb = ssl_cb(learn)
-    first = {k: v.clone() if isinstance(v, Tensor) else v for k,v in _state(cb).items()}
-    assert first
+    before = {k: v.clone() if isinstance(v, Tensor) else v for k,v in _trained(learn).items()}
+    assert before
     quiet_fit(learn, 2, 1e-2)
-    assert any(not torch.equal(torch.as_tensor(first[k]), torch.as_tensor(v)) for k,v in _state(cb).items())
+    assert any(not torch.equal(torch.as_tensor(before[k]), torch.as_tensor(v)) for k,v in _trained(learn).items())
     learn.save('ckpt')
-    cb2 = ssl_cb(_learner(imb, 'fixmatch', tmp_path).load('ckpt'))
-    for k,v in _state(cb).items(): test_eq(_state(cb2)[k], v)
+    learn2 = _learner(imb, 'fixmatch', tmp_path).load('ckpt')
+    for k,v in _trained(learn).items(): test_eq(_trained(learn2)[k], v)
     assert not _state(pickle.loads(pickle.dumps(cb)))
+
+@pytest.mark.parametrize('imb', [i for i,c in sorted(IMBALANCE.items()) if issubclass(c, AuxRebalance)])
+def test_second_classifier_predicts_and_is_exported(imb, tmp_path):
+    "A correction with a second classifier: the Learner's predictions are that classifier's, and the exported Learner predicts the same"
+    learn = quiet_fit(_learner(imb, 'fixmatch', tmp_path), 2, 1e-2)
+    aux = _aux(learn)
+    feats = []
+    h = aux.register_forward_hook(lambda m,i,o: feats.append(i[0]))
+    preds,_ = learn.get_preds(act=noop)
+    h.remove()
+    test_close(preds, aux.aux(torch.cat(feats)).detach(), eps=1e-5)
+    assert not torch.allclose(preds, aux.main(torch.cat(feats)).detach())
+    learn.remove_cb(Reseed)   # it seeds the unlabeled loader, which `export` drops
+    learn.export('exported.pkl')
+    inf = load_learner(tmp_path/'exported.pkl')
+    test_close(inf.get_preds(dl=learn.dls.valid, act=noop)[0], preds, eps=1e-5)
+
+MORE_BASES = dict(freematch=FreeMatch, softmatch=SoftMatch, adamatch=AdaMatch)
+
+@pytest.mark.parametrize('base', sorted(MORE_BASES))
+@pytest.mark.parametrize('imb', sorted(IMBALANCE))
+def test_combines_with_the_other_bases(imb, base):
+    "FreeMatch, SoftMatch and AdaMatch take every correction: two epochs give finite losses, and the history holds the class distribution of the pseudo-labels the loss learns"
+    set_seed(0)
+    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2)
+    learn = quiet_fit(Learner(dls, small_cnn(), metrics=accuracy, cbs=MORE_BASES[base](u_dl, flip=False, imb=make(imb))), 2, 1e-2)
+    assert all(math.isfinite(v) for v in learn.recorder.values[-1][:2])
+    s = ssl_cb(learn).history.filter(like='pl_dist').sum(axis=1)
+    assert len(s) and (((s - 1).abs() < 1e-4) | (s == 0)).all()
 
 def test_only_algorithms_with_pseudo_labels_take_it(digits):
     dls,u_dl = digits
