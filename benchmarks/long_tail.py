@@ -72,8 +72,8 @@ def plot(rows, fname):
     orders = list(dict.fromkeys(r['order'] for r in rows))
     fig,axs = plt.subplots(1, len(orders), figsize=(6.5*len(orders), 4), squeeze=False)
     for ax,order in zip(axs[0], orders):
-        for r in (r for r in rows if r['order'] == order):
-            ax.plot(range(len(r['recalls'])), r['recalls'], marker='o', label=f"{r['method']} ({r['mean']:.3f})")
+        for i,r in enumerate(r for r in rows if r['order'] == order):   # 20 colours, a marker for each half: no two methods alike
+            ax.plot(range(len(r['recalls'])), r['recalls'], marker='os'[i//10 % 2], color=plt.cm.tab20.colors[(2*i + i//10) % 20], label=f"{r['method']} ({r['mean']:.3f})")
         ax.set(title=f'Fashion-MNIST-LT, γ={RATIO:g}, unlabeled {order}', xlabel='class (head → tail of the labeled set)', ylabel='recall (mean of seeds)', ylim=(0, 1))
         ax.legend(fontsize=8)
     fig.tight_layout(); fig.savefig(fname, dpi=100); plt.close(fig)
