@@ -38,10 +38,11 @@ test-slow: check-export
 clean:
 	rm -rf $(VENV) build *.egg-info _docs _proc
 
-# README.md is generated from nbs/index.ipynb (nbdev-readme needs quarto, which cannot be installed from PyPI here)
+# README.md is generated from nbs/index.ipynb (nbdev-readme needs quarto, which cannot be installed from PyPI here); as in the docs, a cell marked `#| echo: false` shows its output only
 readme: setup
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
 	sed -i '/^<style>/,/^<\/style>/d' README.md
+	sed -i '/^```$$/{N;/\n#| echo: false$$/{:a;N;/\n```$$/!ba;d}}' README.md
 
 # the docs site, from the notebooks' committed outputs (nbdev-docs needs quarto, which cannot be installed here)
 .PHONY: docs

@@ -1,4 +1,4 @@
-"""Long-tailed Fashion-MNIST: FixMatch alone and with each long-tail correction (`imb=`), beside supervised training.
+"""Long-tailed Fashion-MNIST: FixMatch (or `--base`) alone and with each long-tail correction (`imb=`), beside supervised training.
 
 The field's CIFAR-10-LT protocol on Fashion-MNIST (`fastai_ssl.data.LongTail`): N₁ = 1,500 labeled and M₁ = 3,000
 unlabeled images of the head class, the counts of the next classes decaying exponentially to N₁/γ and M₁/γ with
@@ -10,6 +10,7 @@ B = 32 labeled and μ·B = 64 unlabeled images a step (USB's long-tail settings 
 the balanced accuracy (here equal to accuracy: the test set is balanced) and each class's recall of the trained weights.
 
     python benchmarks/long_tail.py --steps 500 --epochs 10 --seeds 0 1 --orders reversed --workers 2 --out benchmarks/results/long_tail_cpu.json
+    python benchmarks/long_tail.py --base remixmatch --seeds 0 --orders reversed --out benchmarks/results/long_tail_cpu.json   # the corrections of soft guesses
 
 Runs go to a pool of `--workers` processes of one thread each; each finished run is appended to `<out>.runs.jsonl`, so an
 interrupted benchmark resumes where it stopped, and a later one (another order or seed) adds to it. The JSON, a readable
@@ -22,9 +23,9 @@ from pool import run_pool
 N1,M1,RATIO,BS,MU = 1500,3000,100.,32,2
 
 
-def methods(imbs):
-    "The runs of one order and seed: supervised, FixMatch alone, FixMatch with each correction"
-    return [('supervised', None), ('fixmatch', None), *[('fixmatch', i) for i in imbs]]
+def methods(imbs, base='fixmatch'):
+    "The runs of one order and seed: supervised, the `base` algorithm alone, and with each correction"
+    return [('supervised', None), (base, None), *[(base, i) for i in imbs]]
 
 def name(algo, imb): return algo if imb is None else f'{algo}+{imb}'
 
@@ -42,7 +43,7 @@ def run(spec:dict)->dict:
 def key(r): return (r['order'], r['algo'], r['imb'], r['seed'], r['steps'], r['epochs'])
 
 def summary(runs, steps):
-    "Per order and method: balanced accuracy per seed and mean, mean recall of the 3 head and the 3 tail classes, and the difference from FixMatch alone"
+    "Per order and method: balanced accuracy per seed and mean, mean recall of the 3 head and the 3 tail classes, and the difference from FixMatch alone and from its own algorithm alone"
     rows = []
     for order in dict.fromkeys(r['order'] for r in runs):
         rs = [r for r in runs if r['order'] == order and r['steps'] == steps]
@@ -55,15 +56,19 @@ def summary(runs, steps):
                        mean=mean([r['balanced_accuracy'] for r in mine]), head_recall=mean(recalls[:3]), tail_recall=mean(recalls[-3:]), recalls=recalls)
             if m == 'fixmatch': base = row['mean']
             rows.append(row)
+        alone = {row['method']: row['mean'] for row in rows if row['order'] == order}
         for row in rows:
-            if row['order'] == order and base is not None: row['vs_fixmatch_points'] = 100*(row['mean'] - base)
+            if row['order'] != order: continue
+            if base is not None: row['vs_fixmatch_points'] = 100*(row['mean'] - base)
+            algo = row['method'].split('+')[0]
+            if algo != 'supervised' and algo in alone: row['vs_alone_points'] = 100*(row['mean'] - alone[algo])
     return rows
 
 def table(rows)->str:
-    lines = ['| unlabeled order | method | seeds | balanced accuracy | mean | vs FixMatch (points) | head recall | tail recall |', '|---|---|---|---|---|---|---|---|']
+    lines = ['| unlabeled order | method | seeds | balanced accuracy | mean | vs FixMatch (points) | vs its algorithm alone | head recall | tail recall |', '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['order']} | {r['method']} | {', '.join(map(str, r['seeds']))} | {' / '.join(f'{v:.3f}' for v in r['balanced_accuracy'])} | "
-                     f"{r['mean']:.3f} | {r.get('vs_fixmatch_points', float('nan')):+.1f} | {r['head_recall']:.3f} | {r['tail_recall']:.3f} |")
+                     f"{r['mean']:.3f} | {r.get('vs_fixmatch_points', float('nan')):+.1f} | {r.get('vs_alone_points', float('nan')):+.1f} | {r['head_recall']:.3f} | {r['tail_recall']:.3f} |")
     return '\n'.join(lines)
 
 def plot(rows, fname):
@@ -84,15 +89,16 @@ def main():
     p.add_argument('--epochs', type=int, default=10, help='epochs the steps are divided into: SAW and Adsh update their class statistics at the end of each')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     p.add_argument('--orders', nargs='+', default=['reversed'], choices=['same', 'reversed', 'uniform'])
-    p.add_argument('--imbs', nargs='+', default=None, help='the corrections (default: every one in the catalogue)')
+    p.add_argument('--imbs', nargs='+', default=None, help="the corrections (default: every one in the catalogue that `--base` takes)")
+    p.add_argument('--base', default='fixmatch', help='the algorithm the corrections are given to (fixmatch, or remixmatch: the corrections of soft guesses)')
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--out', default='benchmarks/results/long_tail_cpu.json')
     a = p.parse_args()
     from fastai_ssl.imbalance import IMBALANCE
     import fastai_ssl.all
-    imbs = a.imbs or sorted(IMBALANCE)
+    imbs = a.imbs or sorted(i for i,c in IMBALANCE.items() if a.base != 'remixmatch' or c.soft_labels)
     out = Path(a.out)
-    todo = [dict(order=o, algo=al, imb=i, seed=s, steps=a.steps, epochs=a.epochs) for o in a.orders for s in a.seeds for al,i in methods(imbs)]
+    todo = [dict(order=o, algo=al, imb=i, seed=s, steps=a.steps, epochs=a.epochs) for o in a.orders for s in a.seeds for al,i in methods(imbs, a.base)]
     done = run_pool(todo, run, out.with_suffix('.runs.jsonl'), key, a.workers, say=lambda r: print(f"{r['order']:>8} {r['method']:>18} seed {r['seed']}: {r['balanced_accuracy']:.4f} ({r['seconds']:.0f} s)", flush=True))
     runs = [r for r in done if (r['steps'], r['epochs']) == (a.steps, a.epochs)]   # every order and seed measured at this budget, these runs' and earlier ones'
     rows = summary(runs, a.steps)

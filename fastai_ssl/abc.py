@@ -27,7 +27,10 @@ def abc_masks(rates:Tensor, y:Tensor, conf:Tensor, pl:Tensor, progress:float, p_
 @rebalance
 class ABC(AuxRebalance):
     "ABC (Lee et al. 2021): a second classifier on the features, its labeled and pseudo-labeled items masked by `abc_masks` to balance its classes, predicts in the model's place"
+    paper = "Lee, Shin and Kim, *ABC: Auxiliary Balanced Classifier for Class-imbalanced Semi-supervised Learning*, NeurIPS 2021"
+    summary = "a second classifier, its items masked so that its classes count equally, predicts"
     stat_names = ('Labc',)
+    soft_labels = True   # its loss is its own: with ReMixMatch, on the labeled images and the first strong view unmixed
     def __init__(self,
                  p_cutoff:float=0.95,   # the confidence its own pseudo-labels need
                  loss_ratio:float=1.,   # the weight of its loss beside the algorithm's

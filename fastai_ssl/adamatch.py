@@ -17,6 +17,7 @@ from .align import *
 @delegates(but='mask')
 class AdaMatch(FixMatch):
     "AdaMatch (Berthelot et al. 2022): FixMatch with a threshold relative to the labeled confidence (`RelativeThreshold`) and distribution alignment"
+    paper = "Berthelot et al., *AdaMatch: A Unified Approach to Semi-Supervised Learning and Domain Adaptation*, ICLR 2022"
     def __init__(self, u_dl,
                  thresh:float=0.95,               # the relative threshold τ: a share of the labeled batch's mean confidence
                  ema_p:float=0.999,               # decay of the alignment's two EMAs

@@ -29,6 +29,8 @@ def adaptive_thresholds(conf:Tensor, pred:Tensor, prev:Tensor, head:int, tau:flo
 @rebalance
 class Adsh(Rebalance):
     "Adsh (Guo and Li 2022): a pseudo-label counts where its confidence reaches its class's threshold, set at each epoch's end by `adaptive_thresholds` from the epoch's weak views (the policy's mask is replaced)"
+    paper = "Guo and Li, *Class-Imbalanced Semi-Supervised Learning with Adaptive Thresholding*, ICML 2022"
+    summary = "a threshold per class, so that the same share of each class passes"
     stat_names = ('adsh_mask', 'adsh_thresh')
     state = dict(thresholds=None, seen=None)   # the threshold per class; the epoch's (confidences, pseudo-labels) so far
     def __init__(self,

@@ -217,7 +217,10 @@ def _reflect(i, n):
 
 class WeakAug(Captured):
     "Random horizontal flip and translation by whole pixels up to `translate`×size, reflect-padded, per sample of a batch"
-    def __init__(self, flip:bool=True, translate:float=0.125, capture:bool=True):
+    def __init__(self,
+                 flip:bool=True,             # flip half the images horizontally
+                 translate:float=0.125,      # the largest shift, a share of the size (FixMatch's 12.5%)
+                 capture:bool=True):         # on a CUDA device, replay the view as a CUDA graph
         if not 0 <= translate <= 0.5: raise ValueError(f"`translate` must be in [0, 0.5], got {translate}")
         store_attr()
 
@@ -242,8 +245,18 @@ def _strength(strength:str, n, p):
 
 class StrongAug(Captured):
     "`WeakAug`, then RandAugment (`n` ops of `OPS` per sample at magnitude up to `m`, each with probability `p`; both set by `strength`) and grey Cutout up to `cutout`×size"
-    def __init__(self, n:int|None=None, m:float=10., cutout:float=0.5, flip:bool=True, translate:float=0.125, mean=None, std=None,
-                 rand_m:bool=True, p:float|None=None, capture:bool=True, strength:str='fixmatch'):
+    def __init__(self,
+                 n:int|None=None,            # RandAugment layers (default: `strength`'s)
+                 m:float=10.,                # the largest magnitude, from 0 to 10 (FixMatch's 10)
+                 cutout:float=0.5,           # the largest side of the grey Cutout square, a share of the size (FixMatch's 0.5)
+                 flip:bool=True,             # the weak view's flip
+                 translate:float=0.125,      # the weak view's largest shift
+                 mean=None,                  # the mean of normalized images (default: the labeled `Normalize`'s, taken by `setup`, else found from the batch)
+                 std=None,                   # their std, likewise
+                 rand_m:bool=True,           # draw each magnitude uniformly up to `m`, as FixMatch's code; False: exactly `m`
+                 p:float|None=None,          # the probability that a layer applies (default: `strength`'s)
+                 capture:bool=True,          # on a CUDA device, replay the view as a CUDA graph
+                 strength:str='fixmatch'):   # `n` and `p` by name, one of `STRENGTHS`: 'fixmatch' (FixMatch's code) or 'usb' (USB's)
         n,p = _strength(strength, n, p)
         if not (isinstance(n, int) and n >= 0): raise ValueError(f"`n` must be an int >= 0, got {n!r}")
         if not 0 <= m <= 10: raise ValueError(f"`m` must be in [0, 10], got {m}")
@@ -298,7 +311,7 @@ class StrongAug(Captured):
 class AugmentLabeled(Callback):
     "Augment the labeled training images with `aug` (e.g. `WeakAug()`) on their device, before any SSL callback sees them"
     order = Recorder.order   # SSL callbacks run at `Recorder.order + 1`
-    def __init__(self, aug:Callable):
+    def __init__(self, aug:Callable):   # makes the view of the labeled batch, e.g. `WeakAug()`
         if not callable(aug): raise ValueError("`aug` must be a callable making a view of a batch, e.g. `WeakAug(flip=False)`")
         self.aug = aug
     def before_batch(self):
@@ -308,7 +321,10 @@ class AugmentLabeled(Callback):
 class WeakPIL(Transform):
     "Random horizontal flip and translation up to `translate`×size (reflect padding) of a PIL image"
     split_idx,order = None,5
-    def __init__(self, flip:bool=True, translate:float=0.125): store_attr()
+    def __init__(self,
+                 flip:bool=True,             # flip half the images horizontally
+                 translate:float=0.125):     # the largest shift, a share of the size (FixMatch's 12.5%)
+        store_attr()
     def encodes(self, x:Image.Image):
         if self.flip and random.random() < 0.5: x = x.transpose(Image.FLIP_LEFT_RIGHT)
         w,h = x.size
@@ -325,8 +341,15 @@ _TIMM_OPS = ('AutoContrast', 'Equalize', 'Rotate', 'SolarizeIncreasing', 'ColorI
 class StrongPIL(Transform):
     "`WeakPIL`, then RandAugment with timm's ops (`n` per image at magnitude up to `m`, each with probability `p`; both set by `strength`) and grey Cutout up to `cutout`×size"
     split_idx,order = None,6
-    def __init__(self, n:int|None=None, m:float=10., cutout:float=0.5, flip:bool=True, translate:float=0.125, rand_m:bool=True,
-                 p:float|None=None, strength:str='fixmatch'):
+    def __init__(self,
+                 n:int|None=None,            # RandAugment layers (default: `strength`'s)
+                 m:float=10.,                # the largest magnitude, from 0 to 10 (FixMatch's 10)
+                 cutout:float=0.5,           # the largest side of the grey Cutout square, a share of the size (FixMatch's 0.5)
+                 flip:bool=True,             # the weak view's flip
+                 translate:float=0.125,      # the weak view's largest shift
+                 rand_m:bool=True,           # draw each magnitude at random up to `m`, as FixMatch's code; False: exactly `m`
+                 p:float|None=None,          # the probability that a layer applies (default: `strength`'s)
+                 strength:str='fixmatch'):   # `n` and `p` by name, one of `STRENGTHS`: 'fixmatch' (FixMatch's code) or 'usb' (USB's)
         n,p = _strength(strength, n, p)
         store_attr()
         self.weak = WeakPIL(flip, translate)
@@ -355,8 +378,15 @@ class StrongPIL(Transform):
 class WeakStrong(ItemTransform):
     "Item transform turning an item `(img, *rest)` (or a PIL image) into `(weak, strong, *rest)` PIL views, for the loader's workers"
     split_idx,order = None,1
-    def __init__(self, n:int|None=None, m:float=10., cutout:float=0.5, flip:bool=True, translate:float=0.125, rand_m:bool=True,
-                 p:float|None=None, strength:str='fixmatch'):
+    def __init__(self,
+                 n:int|None=None,            # the strong view's RandAugment layers (default: `strength`'s)
+                 m:float=10.,                # the largest magnitude, from 0 to 10 (FixMatch's 10)
+                 cutout:float=0.5,           # the largest side of the grey Cutout square, a share of the size (FixMatch's 0.5)
+                 flip:bool=True,             # whether both views flip images
+                 translate:float=0.125,      # the largest shift of both views, a share of the size (FixMatch's 12.5%)
+                 rand_m:bool=True,           # draw each magnitude at random up to `m`, as FixMatch's code; False: exactly `m`
+                 p:float|None=None,          # the probability that a layer applies (default: `strength`'s)
+                 strength:str='fixmatch'):   # `n` and `p` by name, one of `STRENGTHS`: 'fixmatch' (FixMatch's code) or 'usb' (USB's)
         self.weak,self.strong = WeakPIL(flip, translate),StrongPIL(n, m, cutout, flip, translate, rand_m, p, strength)
     def encodes(self, o):
         if isinstance(o, Image.Image): return self.weak(o),self.strong(o)

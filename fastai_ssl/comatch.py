@@ -36,10 +36,20 @@ def graph_contrastive(z1:Tensor, z2:Tensor, w:Tensor, T:float=0.2)->Tensor:
 @delegates()
 class CoMatch(WithFeatures, FixMatch):
     "CoMatch (Li et al. 2021): FixMatch with memory-smoothed pseudo-labels and a graph-contrastive loss between the embeddings of two strong views"
+    takes_imb = False   # no long-tail correction (`imb`): soft pseudo-labels from its memory graph would leave it unused
+    paper = "Li, Xiong and Hoi, *CoMatch: Semi-supervised Learning with Contrastive Graph Regularization*, ICCV 2021"
     n_views,stat_names = (1, 3),('mask','Lc')
     bank_names = ('bank',)
-    def __init__(self, u_dl, thresh:float|None=None, T:float=0.2, alpha:float=0.9, lambda_c:float=1., contrast_thresh:float=0.8,
-                 proj:int=64, bank_items:int=2560, align:DistAlign|bool=True, **kwargs):
+    def __init__(self, u_dl,
+                 thresh:float|None=None,                # the confidence the smoothed pseudo-label needs (`default_thresh`, the paper's and USB's 0.95)
+                 T:float=0.2,                           # temperature of the memory smoothing and of the contrastive loss (the paper's)
+                 alpha:float=0.9,                       # the item's own probabilities' share in the smoothing (the paper's)
+                 lambda_c:float=1.,                     # weight of the graph-contrastive loss (the paper's)
+                 contrast_thresh:float=0.8,             # the pseudo-label graph's edges below it are cut (the paper's)
+                 proj:int=64,                           # width of the embedding (the paper's)
+                 bank_items:int=2560,                   # items the memory holds, labeled and unlabeled (the paper's K = 2.5k; USB's `queue_batch=5`)
+                 align:DistAlign|bool=True,             # True: towards uniform, over the last 32 batches (USB's); False: none; or a `DistAlign`
+                 **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_c >= 0: raise ValueError(f"`lambda_c` must be >= 0, got {lambda_c}")
         if not 0 <= contrast_thresh <= 1: raise ValueError(f"`contrast_thresh` must be in [0, 1], got {contrast_thresh}")

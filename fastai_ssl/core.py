@@ -101,8 +101,7 @@ class SSLCallback(Callback):
     def extra_loss(self)->Tensor|None: "A loss added after `weight * Lu` (not weighted), from what this step's `unlabeled_loss` left; `None`: none"
     def unlabeled_index(self)->Tensor|None:
         "The positions in `u_dl.dataset` of this step's unlabeled items, on their device, or `None` where the loader does not say (`batch_index`)"
-        idx = self.unlabeled.stream.index()
-        return item_positions(idx, self.x.device) if idx is not None and len(idx) == first(self.sizes_u.values()) else None
+        return self.unlabeled.positions(self.x.device)
     def unlabeled_weight(self, progress):
         "The weight of the unlabeled loss at `progress` (fraction of training done)"
         return self.lambda_u * (1. if self.ramp is None else self.ramp(progress, self.step))
@@ -117,7 +116,7 @@ class SSLCallback(Callback):
         self.cleanup()
         if self.steplog is None: self.steplog = StepLog()   # dropped by `export`
         if hasattr(self.learn, 'gather_preds') or self.u_dl is None: return   # `get_preds`, `predict`, or an exported Learner
-        self._check_vocab()
+        check_vocab(self.dls)
         if ddp() and not getattr(self, '_rank_seeded', False):   # each process draws its own views (and CUDA graph replays) from its own seed
             seed_rank()
             self._rank_seeded = True
@@ -128,10 +127,6 @@ class SSLCallback(Callback):
             p = next(get_model(self.learn.model).parameters())
             self.teacher.to(device=p.device)
         self._add_metric_names()
-
-    def _check_vocab(self):
-        bad = [v for v in L(getattr(self.dls, 'vocab', None)) if is_missing_label(v)]
-        if bad: raise ValueError(f"the labeled `dls` has a class {bad[0]!r} for missing labels: build `dls` from the labeled items only and pass the others to `unlabeled_dl`")
 
     def _add_metric_names(self):
         self.metric_names = L('Lx','Lu') + L(self.stat_names) + (L('pl_acc') if self.unlabeled.has_labels else L())
@@ -209,9 +204,7 @@ class SSLCallback(Callback):
         if getattr(self, '_student', None) is not None: self.learn.model,self._student = self._student,None
 
     def after_cancel_batch(self): self.cleanup()
-    def after_cancel_train(self): self.cleanup()
-    def after_cancel_validate(self): self.cleanup()
-    def after_cancel_fit(self): self.cleanup()
+    after_cancel_train = after_cancel_validate = after_cancel_fit = after_cancel_batch
     def after_validate(self):
         self.cleanup()
         if not self._in_fit: return

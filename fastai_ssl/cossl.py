@@ -25,7 +25,10 @@ def tfe_mix(x:Tensor, u:Tensor, y:Tensor, p_mix:Tensor, max_lam:float)->Tensor:
 @rebalance
 class CoSSL(AuxRebalance):
     "CoSSL (Fan et al. 2022): a second classifier learns class-balanced labeled features, detached, tail-class ones mixed with unlabeled ones (TFE) after `warmup`, and predicts at evaluation"
+    paper = "Fan, Dai, Kukleva and Schiele, *CoSSL: Co-Learning of Representation and Classifier for Imbalanced Semi-Supervised Learning*, CVPR 2022"
+    summary = "a second classifier on detached, class-balanced features, tail ones mixed with unlabeled ones, predicts"
     stat_names = ('Ltfe',)
+    soft_labels = True   # its loss is its own: with ReMixMatch, on the labeled images and the first strong view unmixed
     def __init__(self, max_lam:float=0.6, warmup:float=0., feats=None):
         if not 0 <= max_lam <= 1: raise ValueError(f"`max_lam` must be in [0, 1], got {max_lam}")
         if not 0 <= warmup < 1: raise ValueError(f"`warmup` must be in [0, 1) (a fraction of the fit), got {warmup}")

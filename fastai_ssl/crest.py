@@ -43,6 +43,8 @@ def crest_temperature(gen:int, gens:int, t_min:float=0.5)->float:
 @rebalance
 class CReST(Rebalance):
     "CReST (Wei et al. 2021): each fit in `gens` generations; at each generation's end, the most confident pseudo-labels of each predicted class, at rates rising towards the rare classes, join the labeled loss; with `align`, CReST+'s progressive distribution alignment"
+    paper = "Wei, Sohn, Mellina, Yuille and Yang, *CReST: A Class-Rebalancing Self-Training Framework for Imbalanced Semi-Supervised Learning*, CVPR 2021"
+    summary = "generations of self-training: the most confident pseudo-labels join the labeled loss, more of the rare classes"
     state = dict(conf=None, pred=None, selected=None, gen=None, p_model=None)   # the table, the selection (-1: not selected), the step's generation, p̄
     def __init__(self,
                  gens:int=6,           # generations per fit (USB's `crest_num_gens`)
@@ -106,5 +108,7 @@ class CReST(Rebalance):
 @rebalance
 class CReSTPlus(CReST):
     "CReST+ (Wei et al. 2021): CReST with the progressive distribution alignment on (`align=True`, USB's default)"
+    paper = "Wei, Sohn, Mellina, Yuille and Yang, *CReST: A Class-Rebalancing Self-Training Framework for Imbalanced Semi-Supervised Learning*, CVPR 2021"
+    summary = "CReST, its pseudo-labels also aligned to a progressively flatter class distribution"
     def __init__(self, gens:int=6, alpha:float=1/3, align:bool=True, t_min:float=0.5, ema_p:float=0.999):
         super().__init__(gens, alpha, align, t_min, ema_p)

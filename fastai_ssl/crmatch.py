@@ -22,8 +22,14 @@ def feature_distance(z_weak:Tensor, z_strong:Tensor, mask:Tensor)->Tensor:
 @delegates()
 class CRMatch(WithFeatures, FixMatch):
     "CRMatch (Fan et al. 2023): FixMatch with rotation prediction on unlabeled images and a feature distance between weak and strong views"
+    takes_imb = False   # no long-tail correction (`imb`): its own losses of the strong view would leave it unused
+    paper = "Fan, Kukleva, Dai and Schiele, *Revisiting Consistency Regularization for Semi-Supervised Learning*, IJCV 2023"
     n_views = (1, 2)
-    def __init__(self, u_dl, thresh:float|None=None, lambda_rot:float=1., lambda_ds:float=1., **kwargs):
+    def __init__(self, u_dl,
+                 thresh:float|None=None,                # the confidence of the pseudo-labels and of the feature-distance term (`default_thresh`, USB's 0.95)
+                 lambda_rot:float=1.,                   # weight of the rotation loss (USB's); 0: no rotation head nor rotated items (images not square)
+                 lambda_ds:float=1.,                    # weight of the feature-distance loss (USB's)
+                 **kwargs):
         if not lambda_rot >= 0: raise ValueError(f"`lambda_rot` must be >= 0, got {lambda_rot}")
         if not lambda_ds >= 0: raise ValueError(f"`lambda_ds` must be >= 0, got {lambda_ds}")
         super().__init__(u_dl, thresh=thresh, **kwargs)

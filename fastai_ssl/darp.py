@@ -44,6 +44,9 @@ def darp_solve(probs:Tensor, totals:Tensor, iter_T:int=10, n_newton:int=30, tol:
 @rebalance
 class DARP(Rebalance):
     "DARP (Kim et al. 2020): the unlabeled items' latest probabilities, kept in a table on the host, are refined every `refine_every` steps after the `warmup` so that their class totals match `target`; the steps' items take their refined rows"
+    paper = "Kim et al., *Distribution Aligning Refinery of Pseudo-label for Imbalanced Semi-supervised Learning*, NeurIPS 2020"
+    summary = "all pseudo-labels refined together so that their class totals match a target"
+    soft_labels = True   # ReMixMatch's sharpened guesses are refined as its code refines them
     state = dict(orig=None, refined=None, _rows=None, _dev=None)   # the tables (saved); the rows not yet in `orig`, and `refined`'s copy on the device (not saved)
     def __init__(self,
                  target=None,            # the class distribution to reach: None for the labeled set's (USB's), or one positive value per class

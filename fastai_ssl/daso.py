@@ -18,6 +18,8 @@ def _check(ok:bool, name:str, want:str, v):
 @rebalance
 class DASO(FeatureRebalance):
     "DASO (Oh et al. 2022): pseudo-labels blended with semantic ones (similarities to class prototypes of the labeled features) by the pseudo-label distribution, and the strong view aligned to the weak view's semantic label"
+    paper = "Oh, Kim and Kweon, *DASO: Distribution-Aware Semantics-Oriented Pseudo-label for Imbalanced Semi-Supervised Learning*, CVPR 2022"
+    summary = "pseudo-labels blended with semantic ones (similarity to class prototypes of the labeled features), more for the over-predicted classes"
     stat_names = ('Lalign',)
     state = dict(queue=None, queue_seen=None, pl_window=None, pl_dist=None)
     def __init__(self, queue_len:int=256, T_proto:float=0.05, T_dist:float=1.5, dist_aware:bool=True, interp_alpha:float=0.5,

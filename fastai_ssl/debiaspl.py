@@ -15,6 +15,8 @@ from .distrib import batch_mean
 @rebalance
 class DebiasPL(Rebalance):
     "DebiasPL (Wang et al. 2022): pseudo-labels from softmax(log p − `tau`·log p̂), p̂ the running mean of the unlabeled predictions, and the strong view's logits shifted by `tau`·log p̂ in the loss"
+    paper = "Wang, Wu, Lian and Yu, *Debiased Learning from Naturally Imbalanced Pseudo-Labels*, CVPR 2022"
+    summary = "pseudo-labels debiased by the model's running class distribution; an adaptive margin"
     state = dict(p_hat=None)
     def __init__(self, tau:float=0.4, ema_p:float=0.999):
         if not tau >= 0: raise ValueError(f"`tau` must be >= 0, got {tau}")

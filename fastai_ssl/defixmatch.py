@@ -22,8 +22,13 @@ def _fixmatch_term(p_weak, p_strong, thresh, T):
 @delegates(but='mask')
 class DeFixMatch(FixMatch):
     "DeFixMatch (Schmutz et al. 2023): FixMatch's unlabeled loss minus the same loss on the labeled images, an unbiased estimate"
+    takes_imb = False   # no long-tail correction (`imb`): its own labeled loss and debiasing would leave it unused
+    paper = "Schmutz, Humbert and Mattei, *Don't fear the unlabelled: safe semi-supervised learning via debiasing*, ICLR 2023"
     stat_names = ('mask','mask_l')
-    def __init__(self, u_dl, thresh:float=0.95, lambda_u:float=0.5, **kwargs):
+    def __init__(self, u_dl,
+                 thresh:float=0.95,                     # FixMatch's confidence threshold, for the unlabeled and the labeled term (the paper's)
+                 lambda_u:float=0.5,                    # weight of the debiased unlabeled loss (the paper's, with a strong view in the labeled loss)
+                 **kwargs):
         self._own_policy(kwargs)   # the debiasing term applies the same fixed threshold to the labeled images
         super().__init__(u_dl, thresh=thresh, lambda_u=lambda_u, **kwargs)
 

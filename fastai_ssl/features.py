@@ -90,7 +90,7 @@ def rotate_all(x:Tensor)->tuple:
 # %% ../nbs/07_features.ipynb #bf1b8e22
 class MemoryBank:
     "A queue of the last `size` items: rows of one or more tensors (features, probabilities, labels) on their device, the oldest overwritten when full"
-    def __init__(self, size:int):
+    def __init__(self, size:int):   # how many items it holds
         if not (isinstance(size, int) and size >= 1): raise ValueError(f"`size` must be an int >= 1, got {size!r}")
         self.size = size
         self.reset()
@@ -127,7 +127,9 @@ class MemoryBank:
 # %% ../nbs/07_features.ipynb #0f909af3
 class LabeledBank:
     "One row per labeled item, at its position in the labeled set: its embedding, L2-normalised (a new one averaged in with the old row's share `ema`), its label, and whether it was written"
-    def __init__(self, size:int, ema:float=0.7):
+    def __init__(self,
+                 size:int,                   # the number of labeled items
+                 ema:float=0.7):             # the old row's share when a new embedding is averaged in (USB's)
         if not (isinstance(size, int) and size >= 1): raise ValueError(f"`size` must be an int >= 1, got {size!r}")
         if not 0 <= ema < 1: raise ValueError(f"`ema` must be in [0, 1), got {ema}")
         store_attr()
@@ -196,7 +198,9 @@ _feat_attrs = ('heads','_hook','_fmod','_n_feats','feats_l','feats_u','_aux')
 class WithFeatures:
     "Mixin for an `SSLCallback`: the features of the main forward pass (`feats_l`, `feats_u` per view), heads made by `make_heads`, banks named in `bank_names`"
     bank_names = ()   # attributes holding a `MemoryBank` (made by `make_bank`), saved by `learn.save`
-    def __init__(self, *args, feats:str|nn.Module|None=None, **kwargs):
+    def __init__(self, *args,
+                 feats:str|nn.Module|None=None,   # the module whose input is the features, or its name (default: the model's last `nn.Linear`)
+                 **kwargs):
         if feats is not None and not isinstance(feats, (str, nn.Module)):
             raise ValueError(f"`feats` must be a module of the model, its name, or None (the last `nn.Linear`), got {feats!r}")
         self.feats,self.heads,self._hook,self._fmod,self._n_feats,self.feats_l,self.feats_u,self._aux = feats,None,FeatureHook(),None,None,None,None,None
@@ -242,7 +246,9 @@ class WithFeatures:
         if p is not None: self.heads.to(p.device)
         if not isinstance(self.learn.splitter, _WithHeads): self.learn.splitter = _WithHeads(self.learn.splitter, self)
 
-    def after_create(self): self._setup_heads()
+    def after_create(self):
+        self._setup_heads()
+        getattr(super(), 'after_create', noop)()   # a long-tail correction's (`WithRebalance`)
 
     def before_fit(self):
         super().before_fit()

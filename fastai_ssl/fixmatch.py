@@ -12,13 +12,14 @@ from .augment import *
 from .losses import *
 from .policies import *
 from .align import DistAlign
-from .imbalance import Rebalance
+from .imbalance import Rebalance, WithRebalance
 
 # %% ../nbs/10_fixmatch.ipynb #5aa122ea
 @algorithm
-@delegates()
-class FixMatch(SSLCallback):
+@delegates(SSLCallback)
+class FixMatch(WithRebalance, SSLCallback):
     "FixMatch (Sohn et al. 2020): the strong view learns the weak view's pseudo-labels where they are confident"
+    paper = "Sohn et al., *FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence*, NeurIPS 2020"
     n_views,stat_names = (1,2),('mask',)
     default_thresh = 0.95   # `thresh` when neither it nor `mask` is given
     aligned_labels = True   # the pseudo-labels are the arg-max of the aligned probabilities (SoftMatch: of the unaligned ones, unless `imb` corrects them)
@@ -37,24 +38,15 @@ class FixMatch(SSLCallback):
         if mask is not None and thresh is not None: raise ValueError("`thresh` and `mask`: give the threshold to the policy, e.g. `mask=Threshold(0.9)`, or drop `mask`")
         if mask is not None and not isinstance(mask, Policy): raise ValueError(f"`mask` must be a pseudo-label policy such as `Threshold(0.95)` or `FlexThreshold()`, got {mask!r}")
         if align is not None and not isinstance(align, DistAlign): raise ValueError(f"`align` must be a `DistAlign` or None, got {align!r}")
-        if imb is not None and not isinstance(imb, Rebalance): raise ValueError(f"`imb` must be a long-tail correction such as `DebiasPL()` or `SAW()`, or None, got {imb!r}")
         super().__init__(u_dl, lambda_u=lambda_u, **kwargs)
-        self.T,self.mask,self.align,self.imb = T,ifnone(mask, Threshold(ifnone(thresh, self.default_thresh))),align,imb
+        self.T,self.mask,self.align = T,ifnone(mask, Threshold(ifnone(thresh, self.default_thresh))),align
+        self._set_imb(imb)
         self.weak,self.strong = ifnone(weak, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
         self.stat_names = tuple(dict.fromkeys(self.mask.stat_names + type(self).stat_names + (imb.stat_names if imb else ())))   # the policy's, the algorithm's own, the correction's
 
-    def after_create(self):
-        if self.imb is not None: self.imb.attach(self)
-
     def before_fit(self):
-        training = self.imb is not None and not hasattr(self.learn, 'gather_preds') and self.u_dl is not None
-        if training: self.imb.attach(self)   # before the teacher copies the model
         super().before_fit()
         if hasattr(self.strong, 'setup'): self.strong.setup(self.dls)
-        if training: self.imb.setup(self)
-
-    def after_train(self):
-        if self.imb is not None: self.imb.epoch_end(self)
 
     def unlabeled_views(self, views):
         "The loader's `(weak, strong)` pair, or both views made here from its plain images"
@@ -93,25 +85,6 @@ class FixMatch(SSLCallback):
     def labeled_loss(self, pred, *yb):
         "The Learner's loss, or the one `imb` gives"
         return None if self.imb is None else self.imb.labeled_loss(pred, yb[0], self)
-
-    def before_batch(self):
-        super().before_batch()
-        if self.imb is not None: self.imb.before_batch(self)
-
-    def after_pred(self):
-        super().after_pred()
-        if self.imb is not None: self.imb.after_pred(self)
-
-    def extra_loss(self):
-        "The loss of `imb`'s own, if it has one"
-        if self.imb is None: return None
-        extra = self.imb.loss(self)
-        self.imb.end_step()
-        return extra
-
-    def cleanup(self):
-        super().cleanup()
-        if getattr(self, 'imb', None) is not None: self.imb.end_step()
 
     def unlabeled_loss(self, weak, strong):
         pl,w = self.pseudo_labels(weak)

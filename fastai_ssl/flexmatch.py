@@ -16,6 +16,7 @@ from .policies import *
 @delegates(but='mask')
 class FlexMatch(FixMatch):
     "FlexMatch (Zhang et al. 2021): FixMatch with a threshold per class, scaled by how well the class is learned (`FlexThreshold`)"
+    paper = "Zhang et al., *FlexMatch: Boosting Semi-Supervised Learning with Curriculum Pseudo Labeling*, NeurIPS 2021"
     def __init__(self, u_dl,
                  thresh:float=0.95,        # the highest threshold τ, which also decides which predictions count in σ
                  warmup:bool=True,         # threshold warm-up: the items not yet confident count in the normaliser

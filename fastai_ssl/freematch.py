@@ -29,6 +29,7 @@ def fairness_loss(logits:Tensor, mask:Tensor, p_model:Tensor, label_hist:Tensor)
 @delegates(but='thresh,mask')
 class FreeMatch(FixMatch):
     "FreeMatch (Wang et al. 2023): FixMatch with self-adaptive global and class-wise thresholds (`SelfAdaptiveThreshold`) and a fairness term"
+    paper = "Wang et al., *FreeMatch: Self-adaptive Thresholding for Semi-supervised Learning*, ICLR 2023"
     def __init__(self, u_dl,
                  ema_p:float=0.999,          # decay of the EMAs τ_t, p̃_t and h̃_t
                  ent_weight:float=0.01,      # weight of the fairness term

@@ -16,9 +16,15 @@ from .meanteacher import *
 @delegates()
 class ICT(MeanTeacher):
     "ICT (Verma et al. 2019): the student's prediction on a mix of two unlabeled images follows the same mix of the EMA teacher's predictions"
+    paper = "Verma et al., *Interpolation Consistency Training for Semi-Supervised Learning*, IJCAI 2019"
     n_views = (1,)
-    def __init__(self, u_dl, ema:float=0.999, alpha:float=1., lambda_u:float=100., ramp:Callable|None=SigmoidRamp(0.25),
-                 per_item:bool=False, **kwargs):
+    def __init__(self, u_dl,
+                 ema:float=0.999,                       # decay of the teacher (the paper's)
+                 alpha:float=1.,                        # the mixing coefficient is drawn from Beta(alpha, alpha) (the paper's on CIFAR-10; 0.1 on SVHN)
+                 lambda_u:float=100.,                   # maximum weight of the consistency loss (the paper's)
+                 ramp:Callable|None=SigmoidRamp(0.25),  # the sigmoid ramp-up, reaching `lambda_u` after a quarter of training (the paper's)
+                 per_item:bool=False,                   # draw a mixing coefficient per item; False: one for the whole batch (the paper's code)
+                 **kwargs):
         if not alpha > 0: raise ValueError(f"`alpha` must be > 0, got {alpha}")
         super().__init__(u_dl, ema=ema, lambda_u=lambda_u, ramp=ramp, **kwargs)
         store_attr('alpha,per_item')

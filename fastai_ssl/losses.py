@@ -82,14 +82,19 @@ class _Ramp:
 
 class LinearRamp(_Ramp):
     "Weight rising linearly from 0 at `start` to 1 at `end`: fractions of training, or step counts if `steps`"
-    def __init__(self, end:float=0.2, start:float=0., steps:bool=False):
+    def __init__(self,
+                 end:float=0.2,              # where the weight reaches 1
+                 start:float=0.,             # where it starts to rise from 0
+                 steps:bool=False):          # `start` and `end` count steps; False: fractions of training
         store_attr()
         self._check(end, start)
     def __call__(self, progress, step=0): return min(max((self._t(progress, step)-self.start)/(self.end-self.start), 0.), 1.)
 
 class SigmoidRamp(_Ramp):
     "Ramp-up `exp(-5(1-t)²)` of Laine & Aila (2017), reaching 1 at `end` (a fraction of training, or a step count if `steps`)"
-    def __init__(self, end:float=0.2, steps:bool=False):
+    def __init__(self,
+                 end:float=0.2,              # where the weight reaches 1
+                 steps:bool=False):          # `end` counts steps; False: a fraction of training
         store_attr()
         self._check(end)
     def __call__(self, progress, step=0): return math.exp(-5*(1-min(max(self._t(progress, step)/self.end, 0.), 1.))**2)

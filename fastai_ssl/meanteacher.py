@@ -17,10 +17,19 @@ from .teacher import bn_frozen
 @delegates()
 class MeanTeacher(SSLCallback):
     "Mean Teacher (Tarvainen & Valpola 2017): the student's prediction on one view follows the EMA teacher's on another"
+    paper = "Tarvainen and Valpola, *Mean teachers are better role models: Weight-averaged consistency targets improve semi-supervised deep learning results*, NeurIPS 2017"
     n_views = (1,2)
     _stateattrs = SSLCallback._stateattrs + ('target',)
-    def __init__(self, u_dl, ema:float=0.95, lambda_u:float=10., ramp:Callable|None=SigmoidRamp(0.4), cons:str|Callable='mse',
-                 flip:bool=True, aug:Callable|None=None, teacher_aug:Callable|None=None, batch_stats:bool=True, **kwargs):
+    def __init__(self, u_dl,
+                 ema:float=0.95,                        # decay of the teacher (Oliver et al. 2018's; the paper's 0.99, then 0.999)
+                 lambda_u:float=10.,                    # maximum weight of the consistency loss (Oliver et al. use 8, the paper 100)
+                 ramp:Callable|None=SigmoidRamp(0.4),   # the paper's sigmoid ramp-up, reaching `lambda_u` after 40% of training (Oliver et al.'s)
+                 cons:str|Callable='mse',               # the consistency loss on probabilities: 'mse' (the paper's), 'l1', 'kl', 'js' or a callable
+                 flip:bool=True,                        # whether the default views flip images
+                 aug:Callable|None=None,                # makes the student's view of a batch (default `WeakAug(flip=flip)`)
+                 teacher_aug:Callable|None=None,        # makes the teacher's view (default: a second draw of `aug`, as the paper; `noop`: the plain images)
+                 batch_stats:bool=True,                 # the teacher normalises with the statistics of its own batch, as the reference code
+                 **kwargs):
         if ema is None: raise ValueError(f"`ema` must be set: {type(self).__name__}'s targets come from its EMA teacher, e.g. `ema=0.95`")
         super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp, ema=ema, **kwargs)
         self.cons,self.aug,self.target = consistency_loss(cons),ifnone(aug, WeakAug(flip=flip)),None

@@ -16,9 +16,18 @@ from .losses import *
 @delegates()
 class MixMatch(SSLCallback):
     "MixMatch (Berthelot et al. 2019): sharpened guesses from `K` views, MixUp of labeled and unlabeled items with their targets"
+    paper = "Berthelot et al., *MixMatch: A Holistic Approach to Semi-Supervised Learning*, NeurIPS 2019"
     _stateattrs = SSLCallback._stateattrs + ('guess','target')
-    def __init__(self, u_dl, T:float=0.5, K:int=2, alpha:float=0.75, lambda_u:float=75., ramp:Callable|None=LinearRamp(1.),
-                 flip:bool=True, aug:Callable|None=None, aug_labeled:bool=True, **kwargs):
+    def __init__(self, u_dl,
+                 T:float=0.5,                           # temperature of the sharpening of the guesses (the paper's)
+                 K:int=2,                               # views of each unlabeled image (the paper's)
+                 alpha:float=0.75,                      # the MixUp coefficient is drawn from Beta(alpha, alpha) (the paper's)
+                 lambda_u:float=75.,                    # weight of the unlabeled loss (the paper's on CIFAR-10; 100 elsewhere)
+                 ramp:Callable|None=LinearRamp(1.),     # `lambda_u` rises linearly over the whole run (the paper's: over its first 16,000 steps)
+                 flip:bool=True,                        # whether the default views flip images
+                 aug:Callable|None=None,                # makes one view of a batch, called `K` times (default `WeakAug(flip=flip)`)
+                 aug_labeled:bool=True,                 # also pass the labeled images through `aug` before mixing, as the paper does
+                 **kwargs):
         if not T > 0: raise ValueError(f"`T` must be > 0, got {T}")
         if not (isinstance(K, int) and K >= 1): raise ValueError(f"`K` must be an int >= 1, got {K!r}")
         if not alpha > 0: raise ValueError(f"`alpha` must be > 0, got {alpha}")

@@ -16,9 +16,16 @@ from .losses import *
 @delegates()
 class PiModel(SSLCallback):
     "Π-model (Laine & Aila 2017): predictions on two random views of an unlabeled image are pulled together"
+    paper = "Laine and Aila, *Temporal Ensembling for Semi-Supervised Learning*, ICLR 2017"
     n_views = (1,2)
-    def __init__(self, u_dl, lambda_u:float=10., cons:str|Callable='mse', flip:bool=True, noise:float=0.15,
-                 ramp:Callable|None=SigmoidRamp(0.4), aug:Callable|None=None, **kwargs):
+    def __init__(self, u_dl,
+                 lambda_u:float=10.,                    # maximum weight of the consistency loss (MixMatch's code base; the paper's about 8 on CIFAR-10)
+                 cons:str|Callable='mse',               # the consistency loss on probabilities: 'mse' (the paper's), 'l1', 'kl', 'js' or a callable
+                 flip:bool=True,                        # whether the default views flip images
+                 noise:float=0.15,                      # std of the Gaussian noise added to each view, in the model's input units (the paper's)
+                 ramp:Callable|None=SigmoidRamp(0.4),   # the paper's sigmoid ramp-up, reaching `lambda_u` after 40% of training (Oliver et al.'s)
+                 aug:Callable|None=None,                # makes a view of a batch (default `WeakAug(flip=flip)`; `noop` for the noise only)
+                 **kwargs):
         if not noise >= 0: raise ValueError(f"`noise` must be >= 0, got {noise}")
         super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp, **kwargs)
         self.cons,self.noise,self.aug = consistency_loss(cons),noise,ifnone(aug, WeakAug(flip=flip))

@@ -17,9 +17,15 @@ from .policies import Threshold
 @delegates()
 class PseudoLabel(SSLCallback):
     "Pseudo-Label (Lee 2013): confident predictions on the unlabeled images are learned as hard labels"
+    paper = "Lee, *Pseudo-Label: The Simple and Efficient Semi-Supervised Learning Method for Deep Neural Networks*, ICML 2013 Workshop on Challenges in Representation Learning"
     stat_names = ('mask',)
-    def __init__(self, u_dl, thresh:float=0.95, lambda_u:float=1., ramp:Callable|None=LinearRamp(0.4),
-                 flip:bool=True, aug:Callable|None=None, **kwargs):
+    def __init__(self, u_dl,
+                 thresh:float=0.95,                     # the confidence a prediction needs to become a pseudo-label (Oliver et al. 2018's)
+                 lambda_u:float=1.,                     # weight of the unlabeled loss (Oliver et al.'s; Lee's final weight is 3)
+                 ramp:Callable|None=LinearRamp(0.4),    # `lambda_u` rises linearly over the first 40% of training (Oliver et al.'s)
+                 flip:bool=True,                        # whether the default view flips images
+                 aug:Callable|None=None,                # makes the view of a batch (default `WeakAug(flip=flip)`; `noop` for none)
+                 **kwargs):
         super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp, **kwargs)
         self.mask,self.aug = Threshold(thresh),ifnone(aug, WeakAug(flip=flip))
 

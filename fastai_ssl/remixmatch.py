@@ -12,17 +12,30 @@ from .augment import *
 from .losses import *
 from .align import *
 from .features import *
+from .imbalance import IMBALANCE, Rebalance, FeatureRebalance, WithRebalance
 
 # %% ../nbs/34_remixmatch.ipynb #568be10c
 @algorithm
 @delegates()
-class ReMixMatch(WithFeatures, SSLCallback):
+class ReMixMatch(WithFeatures, WithRebalance, SSLCallback):
     "ReMixMatch (Berthelot et al. 2020): aligned, sharpened guesses of a weak view anchor K strong views, mixed up with the labeled items; rotation prediction"
+    paper = "Berthelot et al., *ReMixMatch: Semi-Supervised Learning with Distribution Alignment and Augmentation Anchoring*, ICLR 2020"
     stat_names = ('Lkl',)
     _stateattrs = SSLCallback._stateattrs + ('guess','target')
-    def __init__(self, u_dl, T:float=0.5, K:int=2, alpha:float=0.75, lambda_u:float=1.5, lambda_kl:float=0.5, lambda_rot:float=0.5,
-                 ramp:Callable|None=LinearRamp(1/64), align:DistAlign|bool=True, flip:bool=True, aug:Callable|None=None,
-                 strong:Callable|None=None, **kwargs):
+    def __init__(self, u_dl,
+                 T:float=0.5,                       # the temperature that sharpens the guess
+                 K:int=2,                           # strong views per unlabeled item (USB's 2, the paper's 8)
+                 alpha:float=0.75,                  # mixup's λ ~ Beta(alpha, alpha), λ' = max(λ, 1−λ)
+                 lambda_u:float=1.5,                # weight of the mixed unlabeled loss
+                 lambda_kl:float=0.5,               # weight of the pre-mixup loss of the first strong view
+                 lambda_rot:float=0.5,              # weight of rotation prediction (0: none, for images that are not square)
+                 ramp:Callable|None=LinearRamp(1/64),   # how `lambda_u` and `lambda_kl` rise (USB: linearly over 1/64 of training)
+                 align:DistAlign|bool=True,         # alignment of the guesses: True for `DistAlign('labels', ema_p=0.999)`, False for none
+                 flip:bool=True,                    # whether the default views flip images
+                 aug:Callable|None=None,            # makes the weak view (default `WeakAug`)
+                 strong:Callable|None=None,         # makes a strong view (default `StrongAug`)
+                 imb:Rebalance|None=None,           # a long-tail correction of the guesses: one with `soft_labels` (`DARP`, `ABC`, `CoSSL`)
+                 **kwargs):
         if not T > 0: raise ValueError(f"`T` must be > 0, got {T}")
         if not (isinstance(K, int) and K >= 1): raise ValueError(f"`K` must be an int >= 1, got {K!r}")
         if not alpha > 0: raise ValueError(f"`alpha` must be > 0, got {alpha}")
@@ -30,13 +43,17 @@ class ReMixMatch(WithFeatures, SSLCallback):
         if not lambda_rot >= 0: raise ValueError(f"`lambda_rot` must be >= 0, got {lambda_rot}")
         for n,f in (('aug', aug), ('strong', strong)):
             if f is not None and not callable(f): raise ValueError(f"`{n}` must be a callable making a view of a batch, e.g. `WeakAug(flip=False)`")
+        if isinstance(imb, Rebalance) and not imb.soft_labels:
+            raise ValueError(f"`imb`: {type(imb).__name__} corrects hard pseudo-labels and ReMixMatch's are soft guesses; give it to FixMatch, or give ReMixMatch one of "
+                             + ', '.join(f'{c.__name__}()' for c in IMBALANCE.values() if c.soft_labels))
         super().__init__(u_dl, lambda_u=lambda_u, ramp=ramp, **kwargs)
         store_attr('T,K,alpha,lambda_kl,lambda_rot')
+        self._set_imb(imb)
         self.align = align_arg(align, partial(DistAlign, 'labels', ema_p=0.999))
         self.aug,self.strong = ifnone(aug, WeakAug(flip=flip)),ifnone(strong, StrongAug(flip=flip))
         self.n_views = (1, K+1)   # plain images, or the loader's (weak, strong × K)
         self.guess,self.target = None,None
-        if lambda_rot: self.stat_names = ('Lkl', 'Lrot')
+        self.stat_names = ('Lkl',) + (('Lrot',) if lambda_rot else ()) + (imb.stat_names if imb else ())
 
     def make_heads(self, n_feats): return dict(rot=nn.Linear(n_feats, 4)) if self.lambda_rot else {}
 
@@ -53,14 +70,28 @@ class ReMixMatch(WithFeatures, SSLCallback):
         c = getattr(self.dls, 'c', None)
         if not isinstance(logits, Tensor) or logits.ndim != 2 or (c is not None and logits.shape[1] != c):
             raise ValueError(f"ReMixMatch needs a model that returns one row of {c} logits per item")
-        self.guess = sharpen(self._align(F.softmax(logits.float(), 1)), self.T)
+        self.guess = self.make_guess(logits)
         self.log_pseudo(self.guess.argmax(1))
-        return {**{f'strong{i}': s for i,s in enumerate(ss)}, 'weak': w, 'unmixed': ss[0], **({'rot': rotate_quarters(ss[0])[0]} if self.lambda_rot else {})}
+        return {**{f'strong{i}': s for i,s in enumerate(ss)}, 'weak': w, 'unmixed': ss[0], **({'rot': rotate_quarters(ss[0])[0]} if self.lambda_rot else {}),
+                **({'plain': self.x} if isinstance(self.imb, FeatureRebalance) else {})}   # a correction reading features sees the labeled images unmixed
+
+    def make_guess(self, logits:Tensor)->Tensor:
+        "The weak view's class probabilities, aligned and sharpened, then corrected by `imb` if given (DARP refines the sharpened guesses, as its code does)"
+        guess = sharpen(self._align(F.softmax(logits.float(), 1)), self.T)
+        if self.imb is None: return guess
+        self.imb.after_guess(self)
+        guess = self.imb.probs(guess, self)
+        self.log_step(pl_dist=guess.mean(0))   # the classes the loss learns
+        return guess
+
+    def correction_rows(self, rows):
+        "For `imb`: the labeled images and the first strong view, unmixed (the weak view's rows come from the guess's pass: `after_guess`)"
+        return dict(labeled=rows['plain'], strong=rows['unmixed'])
 
     def before_batch(self):
         "The views after the labeled images, then the labeled items, the strong and the weak views mixed up with their targets"
         super().before_batch()
-        x,n = self.x,self.n_l + sum(v for k,v in self.sizes_u.items() if k not in ('unmixed', 'rot'))   # the strong views and the weak one are mixed
+        x,n = self.x,self.n_l + sum(v for k,v in self.sizes_u.items() if k not in ('unmixed', 'rot', 'plain'))   # the strong views and the weak one are mixed
         y = F.one_hot(self.y.as_subclass(Tensor).long(), self.guess.shape[1]).float()
         xm,self.target,_ = mix_up(x[:n], torch.cat([y, self.guess.repeat(self.K+1, 1)]), self.alpha)
         self.learn.xb = (torch.cat([xm, x[n:]]),)
@@ -69,7 +100,7 @@ class ReMixMatch(WithFeatures, SSLCallback):
         "Cross-entropy of the mixed labeled items' logits against their mixed soft targets"
         return soft_ce(pred, self.target[:len(pred)])
 
-    def unlabeled_loss(self, weak, unmixed, rot=None, **strong):
+    def unlabeled_loss(self, weak, unmixed, rot=None, plain=None, **strong):
         "Cross-entropy of the mixed unlabeled items against their mixed targets; pre-mixup and rotation losses added beside"
         lu = soft_ce(torch.cat([*strong.values(), weak]), self.target[self.n_l:])
         l_kl = soft_ce(unmixed, self.guess)

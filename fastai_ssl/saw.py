@@ -24,6 +24,8 @@ def effective_weights(counts)->Tensor:
 @rebalance
 class SAW(Rebalance):
     "SAW (Lai et al. 2022): each labeled item's loss weighted by its class's `effective_weights` of the labeled counts, each pseudo-label by its class's of the unlabeled counts, re-estimated every epoch from the predicted classes"
+    paper = "Lai et al., *Smoothed Adaptive Weighting for Imbalanced Semi-Supervised Learning*, ICML 2022"
+    summary = "the labeled loss and the pseudo-labels weighted per class by the effective number of samples"
     state = dict(lb_weights=None, u_counts=None, u_weights=None, seen=None)
     def __init__(self): self.reset()
 

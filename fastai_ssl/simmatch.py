@@ -29,10 +29,19 @@ def unfold_aggregate(probs:Tensor, sims:Tensor, labels:Tensor, T:float=0.1, alph
 @delegates()
 class SimMatch(WithFeatures, FixMatch):
     "SimMatch (Zheng et al. 2022): FixMatch with pseudo-labels unfolded and aggregated through similarities to a bank of labeled embeddings"
+    takes_imb = False   # no long-tail correction (`imb`): soft pseudo-labels from its banks would leave it unused
+    paper = "Zheng et al., *SimMatch: Semi-supervised Learning with Similarity Matching*, CVPR 2022"
     stat_names = ('mask','Lin')
     bank_names = ('bank',)
-    def __init__(self, u_dl, thresh:float|None=None, T:float=0.1, alpha:float=0.9, lambda_in:float=1., proj:int=128,
-                 bank_ema:float=0.7, align:DistAlign|bool=True, **kwargs):
+    def __init__(self, u_dl,
+                 thresh:float|None=None,                # the confidence the smoothed pseudo-label needs (`default_thresh`, USB's 0.95)
+                 T:float=0.1,                           # temperature of the similarities (USB's)
+                 alpha:float=0.9,                       # the classifier's share in the smoothed pseudo-label (USB's)
+                 lambda_in:float=1.,                    # weight of the instance loss (USB's)
+                 proj:int=128,                          # width of the embedding (USB's)
+                 bank_ema:float=0.7,                    # the old row's share when a labeled item's new embedding is written into the bank (USB's)
+                 align:DistAlign|bool=True,             # True: towards uniform, over the last 32 batches (USB's); False: none; or a `DistAlign`
+                 **kwargs):
         if not 0 <= alpha <= 1: raise ValueError(f"`alpha` must be in [0, 1], got {alpha}")
         if not lambda_in >= 0: raise ValueError(f"`lambda_in` must be >= 0, got {lambda_in}")
         if not (isinstance(proj, int) and proj >= 1): raise ValueError(f"`proj` must be an int >= 1, got {proj!r}")

@@ -17,6 +17,7 @@ from .align import *
 @delegates(but='thresh,mask')
 class SoftMatch(FixMatch):
     "SoftMatch (Chen et al. 2023): every pseudo-label counts, weighted by a Gaussian of its confidence truncated at the running mean (`SoftWeights`), after uniform alignment"
+    paper = "Chen et al., *SoftMatch: Addressing the Quantity-Quality Trade-off in Semi-Supervised Learning*, ICLR 2023"
     aligned_labels = False   # as USB: the labels are the arg-max of the probabilities before alignment
     def __init__(self, u_dl,
                  n_sigma:float=2.,                 # the Gaussian's standard deviation is σ_t/n_sigma

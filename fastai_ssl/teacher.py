@@ -26,7 +26,9 @@ def unhooked_copy(model:nn.Module)->nn.Module:
 
 class EMATeacher:
     "A copy of `model` whose parameters follow the student's as an exponential moving average with decay `ema`; buffers copied"
-    def __init__(self, model:nn.Module, ema:float=0.999):
+    def __init__(self,
+                 model:nn.Module,            # the student, copied
+                 ema:float=0.999):           # the decay (FixMatch's, MixMatch's and USB's), lowered early in training (`decay`)
         if not 0 <= ema < 1: raise ValueError(f"`ema` must be in [0, 1), got {ema}")
         self.ema,self.model = ema,unhooked_copy(get_model(model)).eval().requires_grad_(False)
         for p in self.model.parameters(): p.grad = None
@@ -61,7 +63,7 @@ class EMAEval(Callback):
     "Validate and predict with an exponential moving average of the weights (decay `ema`, lower in the first steps); training uses `learn.model` as it is"
     order,undo_on_error = Recorder.order+2,True   # after the SSL callbacks, which may swap their own teacher in
     _stateattrs = ('average','_model')            # not pickled by `export`: the exported model is what it exports
-    def __init__(self, ema:float=0.999):
+    def __init__(self, ema:float=0.999):   # the decay of the average (USB's), lowered in the first steps (`EMATeacher.decay`)
         if not 0 <= ema < 1: raise ValueError(f"`ema` must be in [0, 1), got {ema}")
         self.ema,self.n_updates = ema,0
         self._init_state()

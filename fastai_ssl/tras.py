@@ -30,6 +30,8 @@ def transfer_loss(logits:Tensor, q:Tensor, mask:Tensor)->Tensor:
 @rebalance
 class TRAS(AuxRebalance):
     "TRAS (Wei et al. 2022): logit-adjusted pseudo-labels, and a second classifier trained by logit-adjusted cross-entropy and by distillation of the `tras_target` of the algorithm's classifier, predicts in the model's place"
+    paper = "Wei, Liu, Shi, Tu and Guo, *Transfer and Share: Semi-Supervised Learning from Long-Tailed Data*, Machine Learning 2022"
+    summary = "logit-adjusted pseudo-labels; a second classifier learns a rebalanced copy of the first one's predictions, and predicts"
     stat_names = ('Ltras',)
     def __init__(self,
                  A:float=2., B:float=2.,   # the strength of the teacher's adjustment ranges over [B, A + B]

@@ -23,8 +23,15 @@ def tsa_thresh(schedule:str, progress:float, c:int):
 @delegates()
 class UDA(FixMatch):
     "UDA (Xie et al. 2020): the strong view matches the weak view's sharpened prediction where it is confident; optional TSA"
+    takes_imb = False   # no long-tail correction (`imb`): its own labeled loss (TSA) would leave it unused
+    paper = "Xie et al., *Unsupervised Data Augmentation for Consistency Training*, NeurIPS 2020"
     default_thresh = 0.8   # the paper's confidence threshold, when neither `thresh` nor `mask` is given
-    def __init__(self, u_dl, T:float=0.4, thresh:float|None=None, lambda_u:float=1., tsa:str|None=None, **kwargs):
+    def __init__(self, u_dl,
+                 T:float=0.4,                           # temperature that sharpens the weak view's target (the paper's)
+                 thresh:float|None=None,                # the confidence an item needs to count, before sharpening (`default_thresh`, the paper's 0.8)
+                 lambda_u:float=1.,                     # weight of the unlabeled loss (the paper's)
+                 tsa:str|None=None,                     # training-signal annealing of the labeled loss: None, 'linear', 'log' or 'exp'
+                 **kwargs):
         if tsa is not None and tsa not in _tsa: raise ValueError(f"`tsa` must be None, 'linear', 'log' or 'exp', got {tsa!r}")
         super().__init__(u_dl, thresh=thresh, lambda_u=lambda_u, T=T, **kwargs)
         self.tsa = tsa

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['batch_index', 'item_positions', 'UnlabeledStream', 'parse_unlabeled', 'missing_norms', 'Preprocess', 'check_scale',
-           'unlabeled_prep', 'is_missing_label', 'UnlabeledBatches']
+           'unlabeled_prep', 'is_missing_label', 'check_vocab', 'UnlabeledBatches']
 
 # %% ../nbs/00b_unlabeled.ipynb #dd012739
 from fastai.basics import *
@@ -150,6 +150,11 @@ def is_missing_label(o)->bool:
     if isinstance(o, str): return o.strip() in ('', 'nan')
     return isinstance(o, numbers.Number) and o != o
 
+def check_vocab(dls):
+    "Raise if the labeled `dls` has a class for missing labels: its items belong to the unlabeled loader"
+    bad = [v for v in L(getattr(dls, 'vocab', None)) if is_missing_label(v)]
+    if bad: raise ValueError(f"the labeled `dls` has a class {bad[0]!r} for missing labels: build `dls` from the labeled items only and pass the others to `unlabeled_dl`")
+
 # %% ../nbs/00b_unlabeled.ipynb #9f658480
 class UnlabeledBatches:
     "The unlabeled batch of each step, drawn from `dl`: endless passes (each process its share), brought to the labeled images' preprocessing, parsed into views and hidden labels"
@@ -157,7 +162,7 @@ class UnlabeledBatches:
         self.stream = UnlabeledStream(dl)
         self.pending = next(self.stream)   # checks the loader yields something; the first batch of the first epoch
         self.has_labels = _views_labels(self.pending)[1] is not None
-        self.prep = None
+        self.prep,self.n = None,None   # the preprocessing chosen; the size of the last batch drawn
 
     @property
     def dl(self): return self.stream.dl
@@ -176,4 +181,10 @@ class UnlabeledBatches:
         if first_draw: self.prep = unlabeled_prep(self.dl, dls, b[0], x)
         views,y = parse_unlabeled([*map(ifnone(self.prep, noop), b), *L(y)], x, n_views)
         if check_finite and not first_draw and views[0].is_floating_point() and not torch.isfinite(views[0]).all(): raise ValueError(_nan_pixels_msg)
+        self.n = len(views[0])
         return views,y
+
+    def positions(self, device)->Tensor|None:
+        "The positions in `dl.dataset` of the items of the last batch drawn, on `device`, or `None` where the loader does not say (`batch_index`)"
+        idx = self.stream.index()
+        return item_positions(idx, device) if idx is not None and len(idx) == self.n else None

@@ -35,9 +35,16 @@ def vat_perturbation(model:Callable, x:Tensor, xi:float=1e-6, eps:float=6., n_po
 @delegates()
 class VAT(SSLCallback):
     "Virtual Adversarial Training (Miyato et al. 2018): the prediction at `x + r_adv` follows the clean one at `x`"
+    paper = "Miyato, Maeda, Koyama and Ishii, *Virtual Adversarial Training: A Regularization Method for Supervised and Semi-Supervised Learning*, IEEE TPAMI 2018"
     _stateattrs = SSLCallback._stateattrs + ('target','r_adv')
-    def __init__(self, u_dl, xi:float=1e-6, eps:float=6., n_power:int=1, lambda_u:float=1., ent_min:bool=False,
-                 aug:Callable|None=None, **kwargs):
+    def __init__(self, u_dl,
+                 xi:float=1e-6,                         # step of the finite difference in the power iteration (the paper's)
+                 eps:float=6.,                          # L2 norm of each image's perturbation, in the model's input units (the paper's on CIFAR-10)
+                 n_power:int=1,                         # power iterations (the paper's)
+                 lambda_u:float=1.,                     # weight of the VAT loss (the paper's)
+                 ent_min:bool=False,                    # add the entropy of the clean predictions (VAT+EntMin)
+                 aug:Callable|None=None,                # augments the unlabeled images before the perturbation is sought (default: none, as the paper)
+                 **kwargs):
         if not xi > 0: raise ValueError(f"`xi` must be > 0, got {xi}")
         if not eps > 0: raise ValueError(f"`eps` must be > 0, got {eps}")
         if not (isinstance(n_power, int) and n_power >= 1): raise ValueError(f"`n_power` must be an int >= 1, got {n_power!r}")

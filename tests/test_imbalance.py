@@ -1,4 +1,4 @@
-"Every long-tail correction (`imb=`) with FixMatch and FlexMatch: resumed equal to uninterrupted, the Learner left as it was after an exception, bfloat16, its state saved, loaded and not exported"
+"Every long-tail correction (`imb=`) with FixMatch and FlexMatch, and those of soft pseudo-labels with ReMixMatch: resumed equal to uninterrupted, the Learner left as it was after an exception, bfloat16, its state saved, loaded and not exported"
 import pickle, random
 import pytest
 from fastai.vision.all import *
@@ -9,8 +9,10 @@ from test_safety import Reseed, StopAfter, Boom
 
 # arguments that make each correction act within the tests' few steps (its defaults wait longer)
 ARGS = dict(darp=dict(warmup=0.25, refine_every=2), daso=dict(dist_every=2, pretrain=0.25))
-BASES = dict(fixmatch=lambda u, imb: FixMatch(u, flip=False, imb=imb), flexmatch=lambda u, imb: FlexMatch(u, flip=False, warmup=False, imb=imb))
-CASES = [(i, b) for i in sorted(IMBALANCE) for b in BASES]
+BASES = dict(fixmatch=lambda u, imb: FixMatch(u, flip=False, imb=imb), flexmatch=lambda u, imb: FlexMatch(u, flip=False, warmup=False, imb=imb),
+             remixmatch=lambda u, imb: ReMixMatch(u, flip=False, imb=imb))
+SOFT = [i for i,c in sorted(IMBALANCE.items()) if c.soft_labels]
+CASES = [(i, b) for i in sorted(IMBALANCE) for b in BASES if b != 'remixmatch' or i in SOFT]
 cases = pytest.mark.parametrize('imb,base', CASES, ids=[f'{i}-{b}' for i,b in CASES])
 
 def make(imb): return IMBALANCE[imb](**ARGS.get(imb, {}))
@@ -104,7 +106,45 @@ def test_combines_with_the_other_bases(imb, base):
     s = ssl_cb(learn).history.filter(like='pl_dist').sum(axis=1)
     assert len(s) and (((s - 1).abs() < 1e-4) | (s == 0)).all()
 
+def _remixmatch_step(imb, check):
+    "Two epochs of ReMixMatch with the correction `imb`, calling `check(cb)` after each main pass"
+    set_seed(0)
+    dls,u_dl = digits_dls(n_per_class=5, bs=16, mu=2)
+    seen = []
+    class Check(Callback):
+        order,run_valid = ReMixMatch.order + 1,False
+        def after_pred(self): check(self.learn.re_mix_match); seen.append(1)
+    quiet_fit(Learner(dls, small_cnn(), cbs=[ReMixMatch(u_dl, flip=False, imb=make(imb)), Check()]), 2, 1e-2)
+    assert seen
+
+def test_remixmatch_guesses_refined_by_darp():
+    "DARP on ReMixMatch: after its warm-up, the step's guesses are the refined rows of its items, as DARP's ReMixMatch code takes them"
+    def check(cb):
+        if cb.imb.refined is None: return
+        test_close(cb.guess, cb.imb._dev[cb.unlabeled_index()])
+        test_close(cb.guess.sum(1), 1., eps=1e-4)
+    _remixmatch_step('darp', check)
+
+@pytest.mark.parametrize('imb', [i for i in SOFT if issubclass(IMBALANCE[i], AuxRebalance)])
+def test_remixmatch_second_classifier_reads_unmixed_rows(imb):
+    "ABC and CoSSL on ReMixMatch read the labeled images and the first strong view unmixed, and the weak view from the guess's pass, without gradient"
+    def check(cb):
+        f = cb.imb.features
+        test_eq(f['labeled'], cb.feats_u['plain'])
+        test_eq(f['strong'], cb.feats_u['unmixed'])
+        assert f['labeled'].shape[0] == cb.n_l and f['weak'].shape[0] == cb.sizes_u['unmixed'] and not f['weak'].requires_grad
+        test_eq(cb.imb.aux_logits['labeled'], cb.imb._head.aux(f['labeled']))
+    _remixmatch_step(imb, check)
+
+def test_remixmatch_refuses_corrections_of_hard_labels(digits):
+    dls,u_dl = digits
+    for i in sorted(set(IMBALANCE) - set(SOFT)):
+        test_fail(lambda: ReMixMatch(u_dl, imb=make(i)), contains="ReMixMatch's are soft guesses")
+    test_fail(lambda: ReMixMatch(u_dl, imb='darp'), contains='`imb` must be a long-tail correction')
+
 def test_only_algorithms_with_pseudo_labels_take_it(digits):
     dls,u_dl = digits
     with pytest.raises(TypeError): MeanTeacher(u_dl, imb=make('debiaspl'))
+    for cls in (Dash, DeFixMatch, UDA, CRMatch, SimMatch, CoMatch):   # FixMatch's subclasses whose own losses would leave its steps unused
+        test_fail(lambda: cls(u_dl, imb=make('saw')), contains=f'`imb`: {cls.__name__} takes no long-tail correction; use one of adamatch, fixmatch')
     test_fail(lambda: FixMatch(u_dl, imb='debiaspl'), contains='`imb` must be a long-tail correction')
