@@ -342,11 +342,9 @@ class StrongPIL(Transform):
     "`WeakPIL`, then RandAugment with timm's ops (`n` per image at magnitude up to `m`, each with probability `p`; both set by `strength`) and grey Cutout up to `cutout`×size"
     split_idx,order = None,6
     def __init__(self,
-                 n:int|None=None,            # RandAugment layers (default: `strength`'s)
-                 m:float=10.,                # the largest magnitude, from 0 to 10 (FixMatch's 10)
-                 cutout:float=0.5,           # the largest side of the grey Cutout square, a share of the size (FixMatch's 0.5)
-                 flip:bool=True,             # the weak view's flip
-                 translate:float=0.125,      # the weak view's largest shift
+                 n:int|None=None, m:float=10.,             # RandAugment's layers per image (default: `strength`'s) and largest magnitude, 0 to 10
+                 cutout:float=0.5,                         # the largest side of the grey Cutout square, a share of the image's
+                 flip:bool=True, translate:float=0.125,    # `WeakPIL`'s flip and largest shift
                  rand_m:bool=True,           # draw each magnitude at random up to `m`, as FixMatch's code; False: exactly `m`
                  p:float|None=None,          # the probability that a layer applies (default: `strength`'s)
                  strength:str='fixmatch'):   # `n` and `p` by name, one of `STRENGTHS`: 'fixmatch' (FixMatch's code) or 'usb' (USB's)

@@ -51,6 +51,7 @@ def _callbacks(algo, u_dl, flip:bool=False, aug_labeled:bool=False, strength:str
 # %% ../nbs/20_cli.ipynb #478a6e93
 def notebook_of(cls)->str:
     "The notebook defining `cls`, as `nbs/NN_name.ipynb`: from the `# %% ../nbs/...` line nbdev-export writes above each cell of a module"
+    cls = getattr(fastai_ssl.all, cls.__name__, cls)   # the package's class of that name: a notebook run in the same process (nbdev-test) registers its own copy
     try: lines,start = inspect.findsource(cls)
     except (OSError, TypeError): lines,start = [],0   # defined outside a module file, e.g. in a notebook
     nb = next((m[1] for l in reversed(lines[:start]) if (m := re.match(r'# %% \.\./(\S+\.ipynb)', l))), None)
