@@ -580,6 +580,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fastai_ssl/imbalance.py'),
                                       'fastai_ssl.imbalance.check_takes_imb': ('imbalance.html#check_takes_imb', 'fastai_ssl/imbalance.py'),
                                       'fastai_ssl.imbalance.class_recalls': ('imbalance.html#class_recalls', 'fastai_ssl/imbalance.py'),
+                                      'fastai_ssl.imbalance.imb_algorithms': ('imbalance.html#imb_algorithms', 'fastai_ssl/imbalance.py'),
                                       'fastai_ssl.imbalance.long_tail_metrics': ( 'imbalance.html#long_tail_metrics',
                                                                                   'fastai_ssl/imbalance.py'),
                                       'fastai_ssl.imbalance.rebalance': ('imbalance.html#rebalance', 'fastai_ssl/imbalance.py')},

@@ -18,7 +18,7 @@ from .learner import ssl_cbs
 from .data import *
 from .models import *
 from .interpret import PseudoLabelInterpretation
-from .imbalance import IMBALANCE, long_tail_metrics, check_takes_imb
+from .imbalance import IMBALANCE, long_tail_metrics, check_takes_imb, imb_algorithms
 
 # %% ../nbs/20_cli.ipynb #c1c6bac6
 def available_algos()->list:
@@ -535,7 +535,7 @@ def _parser():
                         "the unlabeled counts: same (default), reversed or uniform; e.g. 1500,3000,100,reversed. Balanced accuracy and "
                         "each class's recall are reported too")
     t.add_argument('--imb', default=None, choices=sorted(IMBALANCE),
-                   help=f"a long-tail correction of the pseudo-labels, for {', '.join(n for n,c in sorted(ALGORITHMS.items()) if getattr(c, 'takes_imb', False))} (default: none)")
+                   help=f"a long-tail correction of the pseudo-labels, for {', '.join(imb_algorithms())} (default: none)")
     t.add_argument('--epochs', type=int, default=5, help='epochs the run is divided into, each ending with a validation and a row of '
                    'the progress table; the learning rate schedule spans all of them (default: %(default)s)')
     t.add_argument('--seed', type=int, default=0)
